@@ -1,0 +1,158 @@
+"""Runtime choices kept apart from the model: device, precision, XLA, determinism.
+
+`auto` picks what was measured fastest: on NVIDIA GPUs with compute capability >= 7.0,
+mixed_float16 + XLA; on CPUs, mixed_bfloat16 when the CPU has native bf16 (AVX512_BF16 or
+AMX) and float32 otherwise, with XLA off (slower than oneDNN on CPUs: see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+from .config import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class Resolved:
+    device: str          # TF device name, e.g. "/GPU:0" or "/CPU:0"
+    device_kind: str     # "GPU" or "CPU"
+    device_name: str     # human-readable model
+    precision: str
+    xla: bool
+    data_layout: str     # "uint8" or "compute"
+    deterministic: bool
+    why: str             # why `auto` chose as it did
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "device_kind": self.device_kind,
+                "device_name": self.device_name, "precision": self.precision, "xla": self.xla,
+                "data_layout": self.data_layout, "deterministic": self.deterministic,
+                "replicas": 1, "why": self.why}
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_bf16() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def gpu_compute_capability(device) -> tuple:
+    import tensorflow as tf
+
+    details = tf.config.experimental.get_device_details(device)
+    return tuple(details.get("compute_capability") or (0, 0))
+
+
+def resolve(rt: RuntimeConfig) -> Resolved:
+    """Turn `auto` into concrete choices for this machine, and say why."""
+    import tensorflow as tf
+
+    rt.validate()
+    gpus = tf.config.list_physical_devices("GPU")
+    want = rt.device
+    use_gpu = bool(gpus) and (want is None or "GPU" in want.upper())
+    if want is not None and "GPU" in want.upper() and not gpus:
+        from .config import ConfigError
+        raise ConfigError(f"invalid device={want!r}: no GPU is visible to TensorFlow; "
+                          f"use /CPU:0 or install a CUDA build")
+    if use_gpu:
+        idx = int(want.split(":")[-1]) if want and ":" in want else 0
+        if idx >= len(gpus):
+            from .config import ConfigError
+            raise ConfigError(f"invalid device={want!r}: only {len(gpus)} GPU(s) visible")
+        dev = gpus[idx]
+        details = tf.config.experimental.get_device_details(dev)
+        name = details.get("device_name", "GPU")
+        cc = tuple(details.get("compute_capability") or (0, 0))
+        fast16 = cc >= (7, 0)
+        auto_precision = "mixed_float16" if fast16 else "float32"
+        auto_xla = True
+        why = (f"GPU compute capability {cc[0]}.{cc[1]}: "
+               + ("tensor cores -> mixed_float16 + XLA" if fast16
+                  else "no fast fp16 -> float32 + XLA"))
+        device, kind = f"/GPU:{idx}", "GPU"
+    else:
+        name = cpu_model()
+        bf16 = cpu_has_bf16()
+        auto_precision = "mixed_bfloat16" if bf16 else "float32"
+        auto_xla = False
+        why = ("CPU " + ("with native bf16 (AVX512_BF16/AMX) -> mixed_bfloat16" if bf16
+                         else "without native bf16 -> float32")
+               + "; XLA off (slower than oneDNN on CPU)")
+        device, kind = "/CPU:0", "CPU"
+    precision = auto_precision if rt.precision == "auto" else rt.precision
+    xla = auto_xla if rt.xla is None else bool(rt.xla)
+    # Measured (README): on CPU the uint8 set + normalise-in-step is as fast as a
+    # pre-normalised copy and needs half the memory; on GPU the cast is free too.
+    layout = "uint8" if rt.data_layout == "auto" else rt.data_layout
+    return Resolved(device, kind, name, precision, xla, layout, rt.deterministic, why)
+
+
+def apply_determinism(enabled: bool) -> None:
+    """Op determinism is process-wide in TensorFlow: only ever switched on, on request."""
+    if enabled:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def environment() -> dict:
+    """What a reader needs to reproduce or discount a number."""
+    import sys
+
+    import keras
+    import tensorflow as tf
+
+    build = dict(tf.sysconfig.get_build_info())
+    env = {
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": __import__("numpy").__version__,
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "tf_build": {k: build.get(k) for k in ("is_cuda_build", "cuda_version", "cudnn_version")},
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                 for g in tf.config.list_physical_devices("GPU")],
+        "git_commit": _git_commit(),
+    }
+    return env
+
+
+def _git_commit():
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,351 @@
+"""The compiled, device-resident trainer.
+
+The training set is normalised statistics + reflect-padded once and lives on the device;
+each compiled call runs `steps_per_call` steps in an on-device loop: gather the batch by
+the epoch's permutation, augment it, step. Nothing per image touches the host.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import augment
+from .config import ConfigError, RuntimeConfig, TrainConfig
+from .data import Dataset
+from .model import davidnet
+from .optim import TutorialNesterov, l2_penalty, lr_tensor
+from .runtime import Resolved, apply_determinism, resolve
+
+
+@dataclass
+class DeviceData:
+    """Everything the compiled functions read, already on the device."""
+
+    x_train: tf.Tensor   # [N, 32+2p, 32+2p, 3], uint8 or compute dtype (normalised)
+    y_train: tf.Tensor   # [N] int32
+    x_test: tf.Tensor    # [M', 32, 32, 3], padded with zeros to a multiple of the eval batch
+    y_test: tf.Tensor    # [M'] int32
+    w_test: tf.Tensor    # [M'] float32, 1 for real test images, 0 for padding
+    mean: tf.Tensor      # [3] float32
+    std: tf.Tensor       # [3] float32
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class FitResult:
+    history: list = field(default_factory=list)
+    final_test_acc: float = 0.0
+    final_test_loss: float = 0.0
+    seconds_to_target: Optional[float] = None
+    train_seconds: float = 0.0
+    prep_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    images_per_sec: float = 0.0
+    steps_per_epoch: int = 0
+
+
+class Trainer:
+    """`Trainer(config).fit(dataset)`: a fast, faithful DavidNet baseline."""
+
+    def __init__(self, config: TrainConfig = TrainConfig(),
+                 runtime: RuntimeConfig = RuntimeConfig()):
+        self.config = config.validate()
+        self.runtime_config = runtime.validate()
+        self.rt: Resolved = resolve(runtime)
+        apply_determinism(self.rt.deterministic)
+        self.compute_dtype = tf.as_dtype(keras.DTypePolicy(self.rt.precision).compute_dtype)
+        self._n_train: Optional[int] = None
+        self._train_fn = None
+        self._eval_fn = None
+        self.compile_seconds = 0.0
+        with tf.device(self.rt.device):
+            self.model = davidnet(config.width, config.dropout, self.rt.precision, config.seed)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            inner = TutorialNesterov(learning_rate=self._learning_rate,
+                                     momentum=config.momentum)
+            self.optimizer = (keras.optimizers.LossScaleOptimizer(inner)
+                              if self.rt.precision == "mixed_float16" else inner)
+            self.optimizer.build(self.model.trainable_variables)
+
+    # --- schedule ---------------------------------------------------------------------
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Static batch shapes: the remainder of each epoch is dropped."""
+        return n_train // self.config.batch_size
+
+    def _learning_rate(self):
+        c = self.config
+        return lr_tensor(self.step, self._steps_per_epoch, c.epochs, c.peak_fraction,
+                         c.lr_peak, c.batch_size)
+
+    # --- data -------------------------------------------------------------------------
+    def prepare(self, ds: Dataset) -> DeviceData:
+        """Statistics, padding and upload, once. Runs on the training device."""
+        c, p = self.config, self.config.crop_padding
+        eb = self.runtime_config.eval_batch_size
+        with tf.device(self.rt.device):
+            x = tf.convert_to_tensor(ds.x_train)
+            xf = tf.cast(x, tf.float32)
+            mean = tf.reduce_mean(xf, axis=[0, 1, 2])
+            std = tf.sqrt(tf.reduce_mean(tf.square(xf - mean), axis=[0, 1, 2]))
+            del xf
+            if self.rt.data_layout == "compute":
+                x = tf.cast((tf.cast(x, tf.float32) - mean) / std, self.compute_dtype)
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT") if p else x
+            m = len(ds.x_test)
+            pad_m = (-m) % eb
+            x_test = np.concatenate([ds.x_test, np.zeros((pad_m, 32, 32, 3), np.uint8)])
+            y_test = np.concatenate([ds.y_test, np.zeros(pad_m, np.int32)]).astype(np.int32)
+            w_test = np.concatenate([np.ones(m, np.float32), np.zeros(pad_m, np.float32)])
+            dd = DeviceData(tf.identity(x), tf.constant(ds.y_train, tf.int32),
+                            tf.constant(x_test), tf.constant(y_test), tf.constant(w_test),
+                            mean, std, len(ds.x_train), m)
+        return dd
+
+    def _dummy(self, n_train: int, n_test: int) -> DeviceData:
+        """Zeros of the real shapes and dtypes: compiles exactly what real data will run."""
+        p, eb = self.config.crop_padding, self.runtime_config.eval_batch_size
+        dtype = tf.uint8 if self.rt.data_layout == "uint8" else self.compute_dtype
+        m = n_test + (-n_test) % eb
+        with tf.device(self.rt.device):
+            return DeviceData(tf.zeros([n_train, 32 + 2 * p, 32 + 2 * p, 3], dtype),
+                              tf.zeros([n_train], tf.int32), tf.zeros([m, 32, 32, 3], tf.uint8),
+                              tf.zeros([m], tf.int32), tf.ones([m]), tf.zeros([3]),
+                              tf.ones([3]), n_train, n_test)
+
+    def _normalise(self, x, mean, std):
+        if x.dtype == tf.uint8:
+            x = (tf.cast(x, tf.float32) - mean) / std
+        return tf.cast(x, self.compute_dtype)
+
+    # --- compiled functions ------------------------------------------------------------
+    def _build(self, n_train: int) -> None:
+        if self._n_train == n_train:
+            return
+        c = self.config
+        spe = self.steps_per_epoch(n_train)
+        if spe < 1:
+            raise ConfigError(f"invalid batch_size={c.batch_size}: larger than the "
+                              f"{n_train} training images; lower --batch-size")
+        self._n_train, self._steps_per_epoch = n_train, spe
+        with tf.device(self.rt.device):
+            self.table = tf.Variable(tf.zeros([n_train, augment.TABLE_COLUMNS]),
+                                     trainable=False, name="aug_table")
+            self.perm = tf.Variable(tf.zeros([n_train], tf.int64), trainable=False, name="perm")
+        self._train_fn = tf.function(self._train_loop, jit_compile=self.rt.xla)
+        self._eval_fn = tf.function(self._eval_loop, jit_compile=self.rt.xla)
+
+    def _train_step(self, x_all, y_all, mean, std):
+        c, B = self.config, self.config.batch_size
+        spe = self._steps_per_epoch
+        epoch, k = self.step // spe, self.step % spe
+
+        def new_epoch():
+            u, perm = augment.epoch_table(c.seed, epoch, self._n_train)
+            self.table.assign(u)
+            self.perm.assign(perm)
+            return tf.constant(0)
+
+        tf.cond(tf.equal(k, 0), new_epoch, lambda: tf.constant(0))
+        idx = tf.slice(self.perm, tf.reshape(k * B, [1]), [B])
+        u = tf.gather(self.table, idx)
+        xb = augment.augment(tf.gather(x_all, idx), u, c.crop_padding, c.flip, c.cutout)
+        xb = augment.apply_cutout(self._normalise(xb, mean, std), u, c.cutout)
+        yb = tf.gather(y_all, idx)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(xb, training=True)
+            ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
+            loss = ce + l2_penalty(variables, c.weight_decay, B)
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self.step.assign_add(1)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb),
+                                        tf.float32))
+        return ce, correct
+
+    def _train_loop(self, x_all, y_all, mean, std, n_steps):
+        loss_sum = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        for _ in tf.range(n_steps):
+            ce, corr = self._train_step(x_all, y_all, mean, std)
+            loss_sum += ce
+            correct += corr
+        return loss_sum, correct
+
+    def _eval_loop(self, x, y, w, mean, std):
+        eb = self.runtime_config.eval_batch_size
+        loss_sum = tf.constant(0.0)
+        correct = tf.constant(0.0)
+        count = tf.constant(0.0)
+        for i in tf.range(x.shape[0] // eb):
+            sl = lambda t: tf.slice(t, tf.concat([[i * eb], tf.zeros([len(t.shape) - 1],
+                                                                     tf.int32)], 0),
+                                    [eb] + list(t.shape[1:]))
+            xb, yb, wb = sl(x), sl(y), sl(w)
+            logits = self.model(self._normalise(xb, mean, std), training=False)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
+            hit = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb), tf.float32)
+            loss_sum += tf.reduce_sum(ce * wb)
+            correct += tf.reduce_sum(hit * wb)
+            count += tf.reduce_sum(wb)
+        return loss_sum, correct, count
+
+    # --- state ------------------------------------------------------------------------
+    def state_variables(self) -> list:
+        """Everything a step may change: weights, BN statistics, dropout RNG, optimizer
+        slots and loss scale, step counter, augmentation tables."""
+        vs = list(self.model.variables) + list(self.optimizer.variables) + [self.step]
+        if self._n_train is not None:
+            vs += [self.table, self.perm]
+        seen, out = set(), []
+        for v in vs:
+            key = id(v)
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+        return out
+
+    def snapshot(self) -> list:
+        return [np.array(v.numpy()) for v in self.state_variables()]
+
+    def restore(self, snap: list) -> None:
+        for v, value in zip(self.state_variables(), snap):
+            v.assign(value)
+
+    # --- public API -------------------------------------------------------------------
+    def compile(self, n_train: int, n_test: int) -> float:
+        """Trace and compile train and eval on dummy data of the real shapes, then put every
+        piece of state back: compilation leaves no trace. Returns seconds spent (0 if the
+        functions were already compiled for these shapes)."""
+        self._build(n_train)
+        key = (n_train, n_test)
+        if getattr(self, "_compiled_key", None) == key:
+            return 0.0
+        dummy = self._dummy(n_train, n_test)
+        snap = self.snapshot()
+        t0 = time.perf_counter()
+        out = self._train_fn(dummy.x_train, dummy.y_train, dummy.mean, dummy.std,
+                             tf.constant(1, tf.int32))
+        ev = self._eval_fn(dummy.x_test, dummy.y_test, dummy.w_test, dummy.mean, dummy.std)
+        float(out[0].numpy()) + float(ev[0].numpy())
+        self.compile_seconds = time.perf_counter() - t0
+        self.restore(snap)
+        self._compiled_key = key
+        return self.compile_seconds
+
+    def train_steps(self, dd: DeviceData, n_steps: int):
+        """Run `n_steps` steps in one compiled call; returns (summed loss, correct)."""
+        self._build(dd.n_train)
+        return self._train_fn(dd.x_train, dd.y_train, dd.mean, dd.std,
+                              tf.constant(n_steps, tf.int32))
+
+    def evaluate_prepared(self, dd: DeviceData) -> dict:
+        self._build(dd.n_train)
+        loss, correct, count = (t.numpy() for t in self._eval_fn(
+            dd.x_test, dd.y_test, dd.w_test, dd.mean, dd.std))
+        return {"test_loss": float(loss / count), "test_acc": float(correct / count),
+                "count": int(count)}
+
+    def fit(self, ds: Dataset, epochs: Optional[int] = None, quiet: bool = True,
+            on_epoch=None) -> FitResult:
+        """Train; the clock covers preparing the data and training, not compilation (done
+        first on dummy data) and not the per-epoch evaluation."""
+        from tqdm import tqdm
+
+        c = self.config
+        epochs = c.epochs if epochs is None else epochs
+        self.compile(len(ds.x_train), len(ds.x_test))
+        t0 = time.perf_counter()
+        dd = self.prepare(ds)
+        float(dd.mean[0].numpy())  # the upload is done before the clock reads
+        prep = time.perf_counter() - t0
+        spe = self.steps_per_epoch(dd.n_train)
+        spc = self.runtime_config.steps_per_call
+        result = FitResult(prep_seconds=prep, compile_seconds=self.compile_seconds, steps_per_epoch=spe)
+        elapsed, train_only = prep, 0.0
+        for epoch in range(1, epochs + 1):
+            bar = tqdm(total=spe, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
+                       disable=quiet)
+            loss_sum = correct = 0.0
+            t_epoch = time.perf_counter()
+            done = 0
+            while done < spe:
+                n = min(spc, spe - done)
+                ls, cr = self.train_steps(dd, n)
+                loss_sum += float(ls.numpy())
+                correct += float(cr.numpy())
+                done += n
+                bar.update(n)
+            dt = time.perf_counter() - t_epoch
+            bar.close()
+            elapsed += dt
+            train_only += dt
+            ev = self.evaluate_prepared(dd)
+            images = spe * c.batch_size
+            row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": correct / images,
+                   "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
+                   "seconds": elapsed, "epoch_seconds": dt, "images_per_sec": images / dt,
+                   "lr": float(self._learning_rate().numpy()) * c.batch_size}
+            result.history.append(row)
+            if (result.seconds_to_target is None and c.target is not None
+                    and ev["test_acc"] >= c.target):
+                result.seconds_to_target = elapsed
+            if on_epoch is not None:
+                on_epoch(row)
+        if result.history:
+            last = result.history[-1]
+            result.final_test_acc, result.final_test_loss = last["test_acc"], last["test_loss"]
+        result.train_seconds = elapsed
+        result.images_per_sec = (epochs * spe * c.batch_size / train_only) if train_only else 0.0
+        self._last_data = dd
+        return result
+
+    def evaluate(self, ds: Dataset) -> dict:
+        """Test loss and accuracy over every test image exactly once."""
+        self.compile(len(ds.x_train), len(ds.x_test))
+        dd = self.prepare(ds)
+        self._last_data = dd
+        return self.evaluate_prepared(dd)
+
+    def predict(self, images: np.ndarray, mean=None, std=None) -> np.ndarray:
+        """float32 logits for uint8 NHWC images, normalised with the training statistics."""
+        if mean is None:
+            dd = getattr(self, "_last_data", None)
+            if dd is None:
+                raise RuntimeError("predict needs the training statistics: call fit() first "
+                                   "or pass mean and std")
+            mean, std = dd.mean, dd.std
+        with tf.device(self.rt.device):
+            x = self._normalise(tf.constant(images), tf.constant(mean, tf.float32),
+                                tf.constant(std, tf.float32))
+            return self.model.predict_on_batch(x) if len(images) <= 4096 else \
+                self.model.predict(x, batch_size=1000, verbose=0)
+
+    def save(self, path: str) -> None:
+        """`.keras` file, written to a temporary name first so no half file is left."""
+        save_model(self.model, path)
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    if not str(path).endswith(".keras"):
+        raise ConfigError(f"invalid save path {path!r}: it must end in .keras")
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=d)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
