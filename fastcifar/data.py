@@ -299,11 +299,14 @@ def synthetic(n_train: int = 50000, n_test: Optional[int] = None, learnable: boo
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n_train + n_test)
     if learnable:
-        colours = rng.uniform(40, 215, (10, 3))
+        # ten well-separated colours (corners and mid-points of the RGB cube) + stripes
+        palette = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0],
+                            [1, 0, 1], [0, 1, 1], [1, 1, 1], [.5, .5, 0], [0, .5, .5]])
+        colours = 50 + 155 * palette
         rows = np.arange(32)[:, None]
         stripes = np.stack([np.sin(rows * (k + 1) * np.pi / 16) for k in range(10)])  # (10,32,1)
-        x = colours[y][:, None, None, :] + 30 * stripes[y][..., None] \
-            + rng.normal(0, 25, (n_train + n_test, 32, 32, 3))
+        x = colours[y][:, None, None, :] + 40 * stripes[y][..., None] \
+            + rng.normal(0, 20, (n_train + n_test, 32, 32, 3))
         x = np.clip(x, 0, 255).astype(np.uint8)
     else:
         x = rng.integers(0, 256, (n_train + n_test, 32, 32, 3), dtype=np.uint8)

@@ -72,7 +72,11 @@ class Trainer:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             inner = TutorialNesterov(learning_rate=self._learning_rate,
                                      momentum=config.momentum)
-            self.optimizer = (keras.optimizers.LossScaleOptimizer(inner)
+            # The loss is a sum over the batch, B times a mean: start the scale B times
+            # lower than Keras' 2**15 so the first steps are not all skipped as overflows.
+            initial_scale = max(2.0 ** (15 - int(np.log2(config.batch_size))), 1.0)
+            self.optimizer = (keras.optimizers.LossScaleOptimizer(inner,
+                                                                  initial_scale=initial_scale)
                               if self.rt.precision == "mixed_float16" else inner)
             self.optimizer.build(self.model.trainable_variables)
 

@@ -1,0 +1,113 @@
+"""Steady-state training throughput, variants side by side in one process.
+
+    python benchmarks/step_throughput.py --width 64 --batch-size 512 --rounds 3 --steps 3
+
+Variants: fastcifar in float32 and mixed_bfloat16 with XLA off and on, `auto`, and the
+tutorial's eager + per-image tf.data loop (float32). Rounds alternate the variants
+(A B C ... A B C ...) so machine noise hits all alike; each timing is one synchronised
+call of `--steps` steps after compilation (compile time is reported apart). Prints medians,
+spread and ratios; `--json PATH` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed call")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--train-size", type=int, default=50000)
+    ap.add_argument("--variants", default="float32,mixed_bfloat16,float32+xla,"
+                    "mixed_bfloat16+xla,auto,tutorial")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    import tensorflow as tf
+
+    from fastcifar.baselines.tutorial import TutorialTrainer
+    from fastcifar.config import RuntimeConfig, recipe
+    from fastcifar.data import synthetic
+    from fastcifar.runtime import environment
+    from fastcifar.train import Trainer
+
+    ds = synthetic(args.train_size, 1000)
+    cfg = recipe("seed", width=args.width, batch_size=args.batch_size)
+    runners, compile_s, resolved = {}, {}, {}
+    for name in args.variants.split(","):
+        if name == "tutorial":
+            t = TutorialTrainer(width=args.width, batch_size=args.batch_size)
+            t.prepare(ds.x_train, ds.y_train)
+            t0 = time.perf_counter()
+            t.time_steps(1)
+            compile_s[name] = time.perf_counter() - t0
+            runners[name] = lambda t=t: t.time_steps(args.steps)
+            resolved[name] = {"precision": "float32", "xla": False, "mode": "eager+tf.data"}
+            continue
+        prec, _, xla = name.partition("+")
+        rt = RuntimeConfig(precision=prec, xla=(True if xla else None if prec == "auto"
+                                                else False), steps_per_call=args.steps)
+        tr = Trainer(cfg, rt)
+        compile_s[name] = tr.compile(len(ds.x_train), len(ds.x_test))
+        dd = tr.prepare(ds)
+        tr.step.assign(cfg.epochs * tr.steps_per_epoch(dd.n_train) // 4)  # lr > 0
+
+        def run(tr=tr, dd=dd):
+            t0 = time.perf_counter()
+            float(tr.train_steps(dd, args.steps)[0].numpy())
+            return time.perf_counter() - t0
+
+        run()  # one untimed call: first-run allocations
+        runners[name] = run
+        resolved[name] = {"precision": tr.rt.precision, "xla": tr.rt.xla,
+                          "mode": "compiled, device-resident"}
+        print(f"compiled {name}: {compile_s[name]:.1f} s", file=sys.stderr)
+
+    ips = {name: [] for name in runners}
+    for r in range(args.rounds):
+        for name, run in runners.items():
+            ips[name].append(args.steps * args.batch_size / run())
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in ips.items()),
+              file=sys.stderr)
+
+    base = "tutorial" if "tutorial" in ips else None
+    rows = {}
+    for name, v in ips.items():
+        row = {"images_per_sec_median": statistics.median(v), "min": min(v), "max": max(v),
+               "samples": v, "compile_seconds": compile_s[name], **resolved[name]}
+        if base and name != base:
+            ratios = [a / b for a, b in zip(v, ips[base])]  # paired by round
+            row["vs_tutorial"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                  "max": max(ratios)}
+        rows[name] = row
+    print(f"\nwidth {args.width}, batch {args.batch_size}, {args.steps} steps/call, "
+          f"{args.rounds} rounds; steady state (compile excluded)")
+    print(f"{'variant':<20} {'img/s med':>10} {'min':>7} {'max':>7} {'vs tutorial (min-max)':>24} "
+          f"{'compile s':>10}")
+    for name, row in rows.items():
+        vs = row.get("vs_tutorial")
+        vs_s = f"{vs['median']:.2f}x ({vs['min']:.2f}-{vs['max']:.2f})" if vs else "1.00x"
+        print(f"{name:<20} {row['images_per_sec_median']:>10.1f} {row['min']:>7.1f} "
+              f"{row['max']:>7.1f} {vs_s:>24} {row['compile_seconds']:>10.1f}")
+    if args.json:
+        from fastcifar import results
+
+        obj = results.build("bench-throughput", cfg.to_dict(), {}, environment(),
+                            ds.identity(), {"variants": rows}, width=args.width,
+                            batch_size=args.batch_size)
+        results.write_json(args.json, obj)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

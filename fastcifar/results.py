@@ -1,0 +1,104 @@
+"""One versioned result schema for every command, written atomically.
+
+Readers rely on these keys (see README, "Result schema"): keep them stable, and bump
+`SCHEMA_VERSION` on any change that breaks a reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Optional
+
+from .config import ConfigError
+
+SCHEMA_VERSION = 1
+
+# unit and direction of every metric a command may emit
+METRIC_INFO = {
+    "images_per_sec": ("images/s", "higher"),
+    "final_test_acc": ("fraction", "higher"),
+    "final_test_loss": ("nats/image", "lower"),
+    "seconds_to_target": ("s", "lower"),
+    "train_seconds": ("s", "lower"),
+    "prep_seconds": ("s", "lower"),
+    "compile_seconds": ("s", "lower"),
+    "steps_per_epoch": ("steps", "none"),
+}
+
+
+def build(command: str, config: dict, runtime: dict, environment: dict, dataset: dict,
+          metrics: dict, history: Optional[list] = None, **extra: Any) -> dict:
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "runtime": runtime,
+        "environment": environment,
+        "dataset": dataset,
+        "metrics": metrics,
+        "metric_info": {k: {"unit": u, "better": b} for k, (u, b) in METRIC_INFO.items()
+                        if k in metrics},
+    }
+    if history is not None:
+        result["history"] = history
+    result.update(extra)
+    return _finite(result)
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as null rather than emit invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def check_writable(path: str, suffix: Optional[str] = None) -> None:
+    """Fail before any work when an output cannot be written."""
+    if suffix and not str(path).endswith(suffix):
+        raise ConfigError(f"invalid output path {path!r}: it must end in {suffix}")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ConfigError(f"cannot write {path}: folder {d} does not exist; create it first")
+    if not os.access(d, os.W_OK):
+        raise ConfigError(f"cannot write {path}: folder {d} is not writable; choose another "
+                          f"path")
+    if os.path.isdir(path):
+        raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Temp file + rename: a reader never sees half a result, an interrupt leaves none."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastcifar-", suffix=".json.tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no such result file {path}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not a readable JSON result ({e})") from None
+    if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION:
+        got = obj.get("schema_version") if isinstance(obj, dict) else None
+        raise ConfigError(f"{path} is not a fastcifar result of schema {SCHEMA_VERSION} "
+                          f"(schema_version={got!r}); re-run the benchmark with this version")
+    return obj

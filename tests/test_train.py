@@ -1,0 +1,178 @@
+"""The compiled trainer: weight decay, loss scaling, step loops, compile hygiene, eval."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fastcifar.config import RuntimeConfig, recipe
+from fastcifar.data import synthetic
+from fastcifar.train import Trainer
+
+WIDTH, BATCH = 4, 32
+
+
+def make_trainer(precision="float32", xla=False, **overrides):
+    overrides.setdefault("epochs", 4)
+    cfg = recipe("davidnet", width=WIDTH, batch_size=BATCH, **overrides)
+    rt = RuntimeConfig(precision=precision, xla=xla, steps_per_call=4, eval_batch_size=64)
+    return Trainer(cfg, rt)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(256, 100, learnable=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def f32(data):
+    """One compiled float32 trainer shared by the module."""
+    tr = make_trainer()
+    tr.compile(len(data.x_train), len(data.x_test))
+    return tr, tr.prepare(data)
+
+
+def _weights(tr):
+    return [v.numpy().copy() for v in tr.model.trainable_variables]
+
+
+def test_n_steps_in_one_call_equal_n_single_calls(f32):
+    tr, dd = f32
+    snap = tr.snapshot()
+    tr.step.assign(5)  # mid-epoch, lr > 0, crosses into epoch 1 at step 8
+    tr.train_steps(dd, 6)
+    together = _weights(tr) + [tr.step.numpy()]
+    tr.restore(snap)
+    tr.step.assign(5)
+    for _ in range(6):
+        tr.train_steps(dd, 1)
+    single = _weights(tr) + [tr.step.numpy()]
+    tr.restore(snap)
+    assert together[-1] == single[-1] == 11
+    for a, b in zip(together, single):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together[0], _weights(tr)[0])  # training did move the weights
+
+
+def test_compile_leaves_no_trace(data):
+    tr = make_trainer(dropout=0.1)  # dropout adds RNG state to restore
+    tr._build(len(data.x_train))
+    tr.step.assign(20)  # lr > 0 so a leaked step would move the weights
+    before = tr.snapshot()
+    seconds = tr.compile(len(data.x_train), len(data.x_test))
+    after = tr.snapshot()
+    assert seconds > 0
+    assert len(before) == len(after) > 60
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    # and the compiled step does change that state when run for real
+    tr.train_steps(tr.prepare(data), 1)
+    changed = [not np.array_equal(a, b) for a, b in zip(before, tr.snapshot())]
+    assert sum(changed) > 30
+
+
+def test_evaluation_counts_every_test_image_once(f32, data):
+    tr, dd = f32
+    assert len(data.x_test) % 64 != 0
+    ev = tr.evaluate_prepared(dd)
+    assert ev["count"] == len(data.x_test) == 100
+    logits = tr.model(tr._normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
+    acc = np.mean(np.argmax(logits.numpy(), -1) == data.y_test)
+    assert ev["test_acc"] == pytest.approx(acc, abs=1e-6)
+
+
+def _one_step_delta(tr, dd, start_step):
+    snap = tr.snapshot()
+    tr.step.assign(start_step)
+    w0 = _weights(tr)
+    tr.train_steps(dd, 1)
+    w1 = _weights(tr)
+    tr.restore(snap)
+    return w0, w1
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_weight_decay_changes_the_update_by_lr_times_wd_b_w(data, precision):
+    wd = 5e-3
+    deltas = {}
+    for decay in (0.0, wd):
+        tr = make_trainer(precision=precision, weight_decay=decay, seed=3)
+        dd = tr.prepare(data)
+        tr._build(dd.n_train)
+        start = 8  # start of epoch 1: lr > 0, and the first step of a fresh velocity
+        if precision == "mixed_float16":
+            tr.optimizer.dynamic_scale.assign(64.0)  # a scale that does not overflow
+        w0, w1 = _one_step_delta(tr, dd, start)
+        tr.step.assign(start)
+        lr = float(tr._learning_rate().numpy())
+        deltas[decay] = (w0, w1, lr)
+    w0, w1_plain, lr = deltas[0.0]
+    _, w1_decay, _ = deltas[wd]
+    # first Nesterov step from zero velocity: dw = -lr (1 + mu) g, and g gains wd*B*w
+    expect = -lr * 1.9 * wd * BATCH
+    kernel = 0  # the first conv kernel
+    got = (w1_decay[kernel] - w1_plain[kernel])
+    np.testing.assert_allclose(got, expect * w0[kernel], rtol=2e-2, atol=1e-7)
+    assert np.abs(got).max() > 1e-5
+
+
+def test_loss_scaling_skips_non_finite_steps_halves_the_scale_and_counts_the_step(data):
+    tr = make_trainer(precision="mixed_float16")
+    dd = tr.prepare(data)
+    tr._build(dd.n_train)
+    tr.step.assign(8)
+    opt = tr.optimizer
+    opt.dynamic_scale.assign(2.0 ** 40)  # overflows float16 gradients: an injected inf
+    w0 = _weights(tr)
+    tr.train_steps(dd, 1)
+    assert opt.dynamic_scale.numpy() == 2.0 ** 39
+    assert tr.step.numpy() == 9
+    for a, b in zip(w0, _weights(tr)):
+        np.testing.assert_array_equal(a, b)
+    assert int(opt.iterations.numpy()) == 0  # the optimizer's own counter stalls
+    opt.dynamic_scale.assign(2.0 ** 10)
+    tr.train_steps(dd, 1)
+    assert tr.step.numpy() == 10
+    assert not np.array_equal(w0[0], _weights(tr)[0])
+
+
+def test_same_seed_same_run_and_batch_size_does_not_change_augmentation(data):
+    tr = make_trainer(seed=5)
+    dd = tr.prepare(data)
+    tr._build(dd.n_train)
+    tr.train_steps(dd, 1)
+    table_a, perm_a = tr.table.numpy(), tr.perm.numpy()
+    other = Trainer(recipe("davidnet", width=WIDTH, batch_size=64, seed=5),
+                    RuntimeConfig(precision="float32", xla=False))
+    dd2 = other.prepare(data)
+    other._build(dd2.n_train)
+    other.train_steps(dd2, 1)
+    np.testing.assert_array_equal(table_a, other.table.numpy())
+    np.testing.assert_array_equal(perm_a, other.perm.numpy())
+
+
+LEARN = [("float32", False), ("mixed_bfloat16", False), ("float32", True),
+         ("mixed_float16", True)]
+
+
+@pytest.mark.parametrize("precision,xla", LEARN, ids=[f"{p}-xla{int(x)}" for p, x in LEARN])
+def test_learnable_synthetic_trains_well_above_chance(precision, xla):
+    ds = synthetic(1024, 96, learnable=True, seed=2)  # 64 steps: XLA on CPU is slow
+    tr = make_trainer(precision=precision, xla=xla, epochs=2)
+    res = tr.fit(ds)
+    assert len(res.history) == 2
+    assert res.final_test_acc > 0.5, res.history  # chance is 0.1
+    assert res.images_per_sec > 0 and res.compile_seconds > 0
+
+
+def test_save_and_predict_round_trip(f32, data, tmp_path):
+    import keras
+
+    tr, dd = f32
+    tr._last_data = dd
+    path = tmp_path / "model.keras"
+    tr.save(str(path))
+    loaded = keras.models.load_model(path)
+    x = tr._normalise(tf.constant(data.x_test[:8]), dd.mean, dd.std)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), tr.predict(data.x_test[:8]),
+                               rtol=1e-5, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
