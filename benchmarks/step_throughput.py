@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train-size", type=int, default=50000)
     ap.add_argument("--variants", default="float32,mixed_bfloat16,float32+xla,"
-                    "mixed_bfloat16+xla,auto,tutorial")
+                    "mixed_bfloat16+xla,mixed_bfloat16:compute,auto,tutorial",
+                    help="comma list: PRECISION[+xla][:uint8|compute], auto, tutorial")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -54,9 +55,11 @@ def main(argv=None) -> int:
             runners[name] = lambda t=t: t.time_steps(args.steps)
             resolved[name] = {"precision": "float32", "xla": False, "mode": "eager+tf.data"}
             continue
-        prec, _, xla = name.partition("+")
+        spec, _, layout = name.partition(":")  # e.g. mixed_bfloat16:compute
+        prec, _, xla = spec.partition("+")
         rt = RuntimeConfig(precision=prec, xla=(True if xla else None if prec == "auto"
-                                                else False), steps_per_call=args.steps)
+                                                else False), steps_per_call=args.steps,
+                           data_layout=layout or "auto")
         tr = Trainer(cfg, rt)
         compile_s[name] = tr.compile(len(ds.x_train), len(ds.x_test))
         dd = tr.prepare(ds)
@@ -70,6 +73,7 @@ def main(argv=None) -> int:
         run()  # one untimed call: first-run allocations
         runners[name] = run
         resolved[name] = {"precision": tr.rt.precision, "xla": tr.rt.xla,
+                          "data_layout": tr.rt.data_layout,
                           "mode": "compiled, device-resident"}
         print(f"compiled {name}: {compile_s[name]:.1f} s", file=sys.stderr)
 

@@ -120,7 +120,16 @@ def cmd_train(args) -> int:
             f"{row['train_acc']:>9.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
             f"{row['seconds']:>8.1f} {row['images_per_sec']:>7.0f}")
 
-    res = trainer.fit(ds, quiet=args.quiet, on_epoch=on_epoch)
+    from .monitor import Monitor, headline
+    from .runtime import nvml_index, peak_memory_bytes
+
+    if trainer.rt.device_kind == "GPU":
+        idx = nvml_index(trainer.rt.device)
+        mon = Monitor(interval=0.1, gpu_indices=None if idx is None else [idx])
+    else:
+        mon = Monitor(interval=0.1, source="cpu")
+    with mon:
+        res = trainer.fit(ds, quiet=args.quiet, on_epoch=on_epoch, monitor=mon)
     stt = res.seconds_to_target
     say(f"final test accuracy {res.final_test_acc:.4f}; "
         + (f"target {cfg.target:.2%} reached at {stt:.1f} s" if stt is not None
@@ -134,9 +143,12 @@ def cmd_train(args) -> int:
                    "final_test_loss": res.final_test_loss, "seconds_to_target": stt,
                    "train_seconds": res.train_seconds, "prep_seconds": res.prep_seconds,
                    "compile_seconds": res.compile_seconds,
-                   "steps_per_epoch": res.steps_per_epoch}
+                   "steps_per_epoch": res.steps_per_epoch,
+                   "peak_memory_bytes": peak_memory_bytes(trainer.rt.device),
+                   "utilization": headline(res.utilization)}
         obj = results.build("train", cfg.to_dict(), trainer.rt.to_dict(), environment(),
                             ds.identity(), metrics, res.history,
+                            utilization=res.utilization,
                             timing="seconds: data preparation (statistics, padding, upload) "
                                    "plus training; excludes compilation (done first on dummy "
                                    "data, state restored) and per-epoch evaluation")

@@ -8,7 +8,7 @@ changing it must not change the result beyond dtype tolerance.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 

@@ -9,7 +9,6 @@ mistaken for another dataset's. Pure numpy here; TensorFlow only decodes image f
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile

@@ -27,6 +27,8 @@ METRIC_INFO = {
     "prep_seconds": ("s", "lower"),
     "compile_seconds": ("s", "lower"),
     "steps_per_epoch": ("steps", "none"),
+    "peak_memory_bytes": ("bytes", "lower"),
+    "utilization": ("% (kernel-busy on GPU, share of all cores on CPU)", "higher"),
 }
 
 

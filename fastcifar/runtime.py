@@ -156,3 +156,47 @@ def _git_commit():
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def pci_bus_id(tf_device: str):
+    """The PCI bus id TensorFlow reports for a GPU such as "/GPU:0", or None."""
+    from tensorflow.python.client import device_lib
+
+    want = tf_device.upper().replace("/PHYSICAL_DEVICE", "").lstrip("/")
+    for d in device_lib.list_local_devices():
+        if d.device_type == "GPU" and d.name.upper().endswith(want):
+            desc = d.physical_device_desc or ""
+            for part in desc.split(","):
+                key, _, value = part.partition(":")
+                if key.strip() == "pci bus id":
+                    return value.strip()
+    return None
+
+
+def nvml_index(tf_device: str, pynvml=None):
+    """The NVML index of the GPU TensorFlow calls `tf_device`, matched by PCI bus id
+    (CUDA and NVML number devices differently). None on CPU or without NVML."""
+    if "GPU" not in tf_device.upper():
+        return None
+    bus = pci_bus_id(tf_device)
+    if bus is None:
+        return None
+    from .monitor import nvml_index_for_pci_bus_id
+
+    try:
+        return nvml_index_for_pci_bus_id(bus, pynvml=pynvml)
+    except Exception:
+        return None
+
+
+def peak_memory_bytes(tf_device: str):
+    """TensorFlow's own peak allocation on the device (NVML's "used" is what the allocator
+    reserved, most of the card). None where TF does not track it (CPU)."""
+    import tensorflow as tf
+
+    if "GPU" not in tf_device.upper():
+        return None  # the CPU allocator keeps no statistics by default (reads 0)
+    try:
+        return int(tf.config.experimental.get_memory_info(tf_device.lstrip("/"))["peak"])
+    except (ValueError, KeyError, RuntimeError, tf.errors.OpError):
+        return None

@@ -51,6 +51,7 @@ class FitResult:
     compile_seconds: float = 0.0
     images_per_sec: float = 0.0
     steps_per_epoch: int = 0
+    utilization: Optional[dict] = None  # monitor result over the training windows
 
 
 class Trainer:
@@ -189,20 +190,17 @@ class Trainer:
 
     def _eval_loop(self, x, y, w, mean, std):
         eb = self.runtime_config.eval_batch_size
-        loss_sum = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        count = tf.constant(0.0)
-        for i in tf.range(x.shape[0] // eb):
-            sl = lambda t: tf.slice(t, tf.concat([[i * eb], tf.zeros([len(t.shape) - 1],
-                                                                     tf.int32)], 0),
-                                    [eb] + list(t.shape[1:]))
-            xb, yb, wb = sl(x), sl(y), sl(w)
-            logits = self.model(self._normalise(xb, mean, std), training=False)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
-            hit = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb), tf.float32)
-            loss_sum += tf.reduce_sum(ce * wb)
-            correct += tf.reduce_sum(hit * wb)
-            count += tf.reduce_sum(wb)
+        nb = x.shape[0] // eb
+        x = tf.reshape(x, [nb, eb] + list(x.shape[1:]))
+        y, w = tf.reshape(y, [nb, eb]), tf.reshape(w, [nb, eb])
+        loss_sum, correct, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(nb):
+            logits = self.model(self._normalise(x[i], mean, std), training=False)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y[i], logits)
+            hit = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y[i]), tf.float32)
+            loss_sum += tf.reduce_sum(ce * w[i])
+            correct += tf.reduce_sum(hit * w[i])
+            count += tf.reduce_sum(w[i])
         return loss_sum, correct, count
 
     # --- state ------------------------------------------------------------------------
@@ -262,9 +260,12 @@ class Trainer:
                 "count": int(count)}
 
     def fit(self, ds: Dataset, epochs: Optional[int] = None, quiet: bool = True,
-            on_epoch=None) -> FitResult:
+            on_epoch=None, monitor=None) -> FitResult:
         """Train; the clock covers preparing the data and training, not compilation (done
-        first on dummy data) and not the per-epoch evaluation."""
+        first on dummy data) and not the per-epoch evaluation. A started
+        `fastcifar.monitor.Monitor` gets one window per epoch's training phase."""
+        import contextlib
+
         from tqdm import tqdm
 
         c = self.config
@@ -278,19 +279,25 @@ class Trainer:
         spc = self.runtime_config.steps_per_call
         result = FitResult(prep_seconds=prep, compile_seconds=self.compile_seconds, steps_per_epoch=spe)
         elapsed, train_only = prep, 0.0
+        windows = []
         for epoch in range(1, epochs + 1):
             bar = tqdm(total=spe, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
                        disable=quiet)
             loss_sum = correct = 0.0
             t_epoch = time.perf_counter()
             done = 0
-            while done < spe:
-                n = min(spc, spe - done)
-                ls, cr = self.train_steps(dd, n)
-                loss_sum += float(ls.numpy())
-                correct += float(cr.numpy())
-                done += n
-                bar.update(n)
+            window = (monitor.window(f"epoch {epoch}") if monitor is not None
+                      else contextlib.nullcontext())
+            with window as w:
+                while done < spe:
+                    n = min(spc, spe - done)
+                    ls, cr = self.train_steps(dd, n)
+                    loss_sum += float(ls.numpy())
+                    correct += float(cr.numpy())
+                    done += n
+                    bar.update(n)
+            if w is not None:
+                windows.append(w)
             dt = time.perf_counter() - t_epoch
             bar.close()
             elapsed += dt
@@ -311,6 +318,8 @@ class Trainer:
             last = result.history[-1]
             result.final_test_acc, result.final_test_loss = last["test_acc"], last["test_loss"]
         result.train_seconds = elapsed
+        if monitor is not None:
+            result.utilization = monitor.result(windows)
         result.images_per_sec = (epochs * spe * c.batch_size / train_only) if train_only else 0.0
         self._last_data = dd
         return result

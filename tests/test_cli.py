@@ -45,6 +45,10 @@ def test_train_writes_a_complete_result(trained):
         assert key in h
     assert r["metric_info"]["images_per_sec"] == {"unit": "images/s", "better": "higher"}
     assert r["environment"]["tensorflow"].startswith("2.")
+    u = m["utilization"]  # the steady-state (training-only) window
+    assert u["source"] == "cpu" and u["metric"] == "process_cpu_pct"
+    assert u["count"] >= 1 and 0 < u["median"] <= 100
+    assert r["utilization"]["why_not_nvml"] and r["utilization"]["windows_seconds"] > 0
     assert sorted(p.name for p in d.iterdir()) == ["m.keras", "r.json"]  # no temp files
 
 

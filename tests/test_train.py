@@ -62,6 +62,8 @@ def test_compile_leaves_no_trace(data):
     after = tr.snapshot()
     assert seconds > 0
     assert len(before) == len(after) > 60
+    paths = [getattr(v, "path", v.name) for v in tr.state_variables()]
+    assert any("seed_generator" in p for p in paths)  # dropout RNG is part of the state
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     # and the compiled step does change that state when run for real
