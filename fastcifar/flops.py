@@ -1,0 +1,46 @@
+"""Analytic FLOP counts, per layer, so achieved FLOP/s can be compared with a peak.
+
+A multiply-add counts as 2 FLOPs. A training step counts 3x the forward pass (forward,
+gradient w.r.t. inputs, gradient w.r.t. weights): the usual convention. Only convolutions
+and the dense layer are counted; BatchNorm, ReLU and pooling are memory-bound and add
+well under 1%.
+"""
+
+from __future__ import annotations
+
+
+def conv_flops(h: int, w: int, k: int, cin: int, cout: int) -> int:
+    return 2 * h * w * k * k * cin * cout
+
+
+def per_layer(model) -> list:
+    """[(layer name, forward FLOPs per image)] for every Conv2D and Dense layer."""
+    import keras
+
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            cin = layer.input.shape[-1]
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            out.append((layer.name, 2 * h * w * k * cin * cout))
+        elif isinstance(layer, keras.layers.Dense):
+            out.append((layer.name, 2 * layer.input.shape[-1] * layer.units))
+    return out
+
+
+def forward_flops(model) -> int:
+    return sum(f for _, f in per_layer(model))
+
+
+def train_flops(model) -> int:
+    return 3 * forward_flops(model)
+
+
+def davidnet_forward_flops(width: int) -> int:
+    """The same count by hand from the architecture, for checking `per_layer`."""
+    c = width
+    return (conv_flops(32, 32, 3, 3, c) + conv_flops(32, 32, 3, c, 2 * c)
+            + 2 * conv_flops(16, 16, 3, 2 * c, 2 * c) + conv_flops(16, 16, 3, 2 * c, 4 * c)
+            + conv_flops(8, 8, 3, 4 * c, 8 * c) + 2 * conv_flops(4, 4, 3, 8 * c, 8 * c)
+            + 2 * 8 * c * 10)

@@ -1,0 +1,177 @@
+"""Benchmarks, the regression gate and FLOP counting, on tiny real runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastcifar import flops
+from fastcifar.model import davidnet
+
+STEP = ["bench", "step", "--data", "synthetic:256", "--width", "4", "--batch-size", "32",
+        "--steps", "2", "--reps", "3", "--quiet"]
+
+
+def run(*args, cwd=None, env=None, timeout=600):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fastcifar.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=e, timeout=timeout)
+
+
+def test_flops_per_layer_match_a_hand_count():
+    for width in (4, 64):
+        m = davidnet(width)
+        assert flops.forward_flops(m) == flops.davidnet_forward_flops(width)
+    # c = 64 by hand: prep 2*32*32*9*3*64, then five 151M-FLOP convs (layer1, res x2 at
+    # 16x16 = 2 x 75.5M, layer2, layer3, res x2 at 4x4 = 2 x 75.5M), dense 2*512*10
+    by_hand = 2 * 1024 * 9 * 3 * 64 + 5 * 150_994_944 + 2 * 512 * 10
+    assert flops.davidnet_forward_flops(64) == by_hand
+    assert flops.train_flops(davidnet(64)) == 3 * by_hand  # ~2.3 GFLOP per image
+
+
+@pytest.fixture(scope="module")
+def step_results(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    a = run(*STEP, "--json", str(d / "a.json"), "--compare", "seed", "--pairs", "2",
+            "--profile", str(d / "trace"))
+    b = run(*STEP, "--json", str(d / "b.json"))
+    return d, a, b
+
+
+def test_bench_step_result_schema(step_results):
+    d, a, _ = step_results
+    assert a.returncode == 0, a.stderr[-3000:]
+    r = json.loads((d / "a.json").read_text())
+    assert r["benchmark"] == "step" and r["schema_version"] == 1
+    m = r["metrics"]
+    assert m["images_per_sec"] > 0 and m["compile_seconds"] > 0
+    assert m["step_ms"]["p10"] <= m["step_ms"]["median"] <= m["step_ms"]["p90"]
+    assert m["flops_per_image"] == flops.train_flops(davidnet(4))
+    assert 0 < m["fraction_of_peak"] < 10
+    s = m["speedup_vs_seed"]
+    assert s["min"] <= s["median"] <= s["max"] and s["n"] == 2
+    assert r["calibration"]["gflops"] > 0
+    assert r["metric_info"]["step_ms"] == {"unit": "ms", "better": "lower"}
+    assert m["utilization"]["source"] == "cpu"
+
+
+def test_profile_trace_names_the_training_step(step_results):
+    d, a, _ = step_results
+    assert a.returncode == 0
+    traces = list((d / "trace").rglob("*.xplane.pb"))
+    assert traces, list((d / "trace").rglob("*"))
+    assert any(b"_train_loop" in p.read_bytes() for p in traces)
+
+
+def test_compare_same_commit_passes(step_results):
+    d, a, b = step_results
+    assert b.returncode == 0, b.stderr[-2000:]
+    out = run("compare", str(d / "a.json"), str(d / "b.json"), "--max-regression", "50%")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "images_per_sec" in out.stdout
+
+
+def _with_metrics(src, dst, **changes):
+    r = json.loads(src.read_text())
+    for k, v in changes.items():
+        r["metrics"][k] = v
+    dst.write_text(json.dumps(r))
+    return dst
+
+
+def test_compare_fails_on_a_real_regression_only_outside_noise(step_results, tmp_path):
+    d, _, _ = step_results
+    base = d / "a.json"
+    r = json.loads(base.read_text())
+    ips = r["metrics"]["images_per_sec"]
+    slow = _with_metrics(base, tmp_path / "slow.json", images_per_sec=ips / 2,
+                         images_per_sec_spread={"p10": ips / 2.1, "p90": ips / 1.9},
+                         step_ms={k: v * 2 for k, v in r["metrics"]["step_ms"].items()
+                                  if k in ("median", "p10", "p90")})
+    out = run("compare", str(base), str(slow))
+    assert out.returncode == 1 and "FAIL" in out.stdout
+    # worse by more than the threshold but the spreads overlap: noise, not a failure
+    noisy = _with_metrics(base, tmp_path / "noisy.json", images_per_sec=ips * 0.8,
+                          images_per_sec_spread={"p10": ips * 0.3, "p90": ips * 1.5})
+    out = run("compare", str(base), str(noisy))
+    assert out.returncode in (0, 1)
+    assert "images_per_sec" in out.stdout and "within noise" in out.stdout
+
+
+def test_normalize_discounts_a_slower_machine(step_results, tmp_path):
+    d, _, _ = step_results
+    base = d / "a.json"
+    r = json.loads(base.read_text())
+    ips = r["metrics"]["images_per_sec"]
+    r["metrics"]["images_per_sec"] = ips / 2
+    r["metrics"]["images_per_sec_spread"] = {"p10": ips / 2.05, "p90": ips / 1.95}
+    r["metrics"]["step_ms"] = {k: v * 2 for k, v in r["metrics"]["step_ms"].items()}
+    r["calibration"]["gflops"] /= 2  # the whole machine is half as fast
+    slow_machine = tmp_path / "slowmachine.json"
+    slow_machine.write_text(json.dumps(r))
+    assert run("compare", str(base), str(slow_machine)).returncode == 1
+    out = run("compare", str(base), str(slow_machine), "--normalize")
+    assert out.returncode == 0, out.stdout
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda r: r.update(schema_version=99), "schema"),
+    (lambda r: r.update(benchmark="accuracy"), "different benchmarks"),
+    (lambda r: r["dataset"].update(sha256="0" * 64), "different dataset"),
+    (lambda r: r["metrics"].pop("images_per_sec"), "lacks metric"),
+])
+def test_compare_unusable_input_exits_2(step_results, tmp_path, mutate, needle):
+    d, _, _ = step_results
+    r = json.loads((d / "a.json").read_text())
+    mutate(r)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(r))
+    out = run("compare", str(d / "a.json"), str(other))
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bench_bad_input(tmp_path):
+    for args, needle in ((["bench", "nonsense"], "invalid choice"),
+                         (["bench", "step", "--batch-size", "a,b"], "--batch-size"),
+                         (["bench", "step", "--json", "/no/dir/x.json"], "does not exist"),
+                         (["compare", "missing.json", "also.json"], "no such result")):
+        out = run(*args, cwd=tmp_path)
+        assert out.returncode == 2 and needle in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_accuracy_on_other_data_needs_a_declared_target(tmp_path):
+    out = run("bench", "accuracy", "--data", "learnable:256", "--width", "4", cwd=tmp_path)
+    assert out.returncode == 2 and "--target" in out.stderr
+
+
+def test_bench_accuracy_reports_seconds_to_target(tmp_path):
+    out = run("bench", "accuracy", "--data", "learnable:1024", "--width", "4",
+              "--batch-size", "32", "--epochs", "2", "--target", "0.3", "--runs", "2",
+              "--precision", "float32", "--json", str(tmp_path / "acc.json"), "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "acc.json").read_text())
+    m = r["metrics"]
+    assert r["benchmark"] == "accuracy" and len(r["runs"]) == 2
+    assert [run["seed"] for run in r["runs"]] == [0, 1]
+    assert len(m["curve"]) == 2 and m["curve"][0][0] < m["curve"][1][0]
+    assert 0 <= m["fraction_reaching_target"] <= 1
+    if m["fraction_reaching_target"] > 0:
+        assert m["seconds_to_target"] >= m["curve"][0][0]
+    assert "not CIFAR-10" in r["note"] and r["dataset"]["name"] == "learnable:1024"
+    assert "excludes compilation" in r["timing"]
+
+
+def test_pytest_benchmark_suite_runs(tmp_path):
+    """Smoke run of benchmarks/ with timing disabled: it must collect and execute."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTCIFAR_BENCH_WIDTH="4", FASTCIFAR_BENCH_BATCH="32")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          os.path.join(root, "benchmarks"), "--benchmark-disable"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed" in out.stdout
