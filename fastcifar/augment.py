@@ -12,11 +12,49 @@ import tensorflow as tf
 TABLE_COLUMNS = 6  # order key, crop dy, crop dx, flip, cutout y, cutout x
 
 
-def epoch_table(seed, epoch, n: int):
-    """Uniform [n, 6] float32 table and the epoch's permutation (int64), both stateless."""
-    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    u = tf.random.stateless_uniform([n, TABLE_COLUMNS], seed=key, dtype=tf.float32)
-    perm = tf.argsort(u[:, 0], stable=True)
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), without int64 overflow: c is split into
+    16-bit halves so every product stays below 2^48."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + tf.bitwise.left_shift(tf.bitwise.bitwise_and(x * hi, 0xFFFF), 16)) & _M32
+
+
+def _mix32(x):
+    """A 32-bit integer finaliser ("lowbias32"): integer ops only, so the same bits under
+    XLA and without it (TF's stateless random ops differ between the two)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = _mul32(x, 0x7FEB352D)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = _mul32(x, 0x846CA68B)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hash_bits(seed, epoch, n: int, columns: int):
+    """[n, columns] int64 in [0, 2^32): a function of (seed, epoch, example, column) only."""
+    key = _mix32(tf.cast(seed, tf.int64) & _M32)
+    key = _mix32(tf.bitwise.bitwise_xor(key, tf.cast(epoch, tf.int64) & _M32))
+    cols = _mix32(tf.bitwise.bitwise_xor(key, tf.range(columns, dtype=tf.int64)))  # [C]
+    idx = tf.range(n, dtype=tf.int64)[:, None]
+    return _mix32(tf.bitwise.bitwise_xor(_mix32(idx + 0x9E3779B9), cols[None, :]))
+
+
+def epoch_table(seed, epoch, n: int, alternating_flip: bool = False):
+    """Uniform [n, 6] float32 table and the epoch's permutation (int64), both stateless.
+
+    With `alternating_flip` the flip column is not drawn per epoch: each example gets one
+    coin from (seed, index) and is mirrored on every other epoch from there (airbench's
+    "alternating flip"), so over two epochs every image is seen both ways."""
+    bits = hash_bits(seed, epoch, n, TABLE_COLUMNS)
+    u = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))  # [0, 1)
+    if alternating_flip:
+        coin = hash_bits(seed, 0x7FFFFFFF, n, 1)[:, 0] >= (1 << 31)  # not keyed by epoch
+        odd = tf.equal(tf.math.floormod(tf.cast(epoch, tf.int64), 2), 1)
+        flip_now = tf.math.logical_xor(coin, odd)
+        u = tf.concat([u[:, :3], tf.where(flip_now, 0.0, 1.0)[:, None], u[:, 4:]], axis=1)
+    perm = tf.argsort(bits[:, 0], stable=True)  # 32-bit keys: ties are rare, and stable
     return u, tf.cast(perm, tf.int64)
 
 

@@ -55,6 +55,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutout", type=int, help="cutout side in pixels, 0 = off")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=_fraction, help="test accuracy target, e.g. 0.93 or 93%%")
+    p.add_argument("--label-smoothing", type=float, help="e.g. 0.2 (0 = off)")
+    p.add_argument("--ema", type=float, help="weight-averaging decay, e.g. 0.99 (0 = off)")
+    p.add_argument("--tta", choices=("none", "flip", "flip_translate"),
+                   help="test-time augmentation")
+    p.add_argument("--alternating-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror each image every other epoch instead of at random")
     p.add_argument("--precision", default="auto",
                    help="auto, float32, mixed_bfloat16 or mixed_float16")
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
@@ -66,6 +72,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write the result JSON here")
     p.add_argument("--save", metavar="PATH.keras", help="save the trained model")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.add_argument("--profile", metavar="DIR", help="TensorFlow profiler trace of two "
+                   "steady-state calls after training")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int)
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("doctor", help="self-check this machine's GPU/CPU paths")
+    d.add_argument("--json", metavar="PATH")
+    r = sub.add_parser("report", help="plot results: accuracy vs seconds, step times, "
+                       "utilisation")
+    r.add_argument("results", nargs="+", metavar="RESULT.json")
+    r.add_argument("-o", "--output", required=True, metavar="report.png")
     c = sub.add_parser("compare", help="regression gate between two benchmark results")
     c.add_argument("baseline")
     c.add_argument("current")
@@ -115,7 +129,9 @@ def _configs(args):
 
     cfg = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                  width=args.width, lr_peak=args.lr_peak, weight_decay=args.weight_decay,
-                 dropout=args.dropout, cutout=args.cutout, seed=args.seed, target=args.target)
+                 dropout=args.dropout, cutout=args.cutout, seed=args.seed, target=args.target,
+                 label_smoothing=args.label_smoothing, ema=args.ema, tta=args.tta,
+                 alternating_flip=args.alternating_flip)
     rt = RuntimeConfig(precision=args.precision, xla=args.xla,
                        steps_per_call=args.steps_per_call, deterministic=args.deterministic,
                        data_layout=args.data_layout, device=args.device).validate()
@@ -130,6 +146,8 @@ def cmd_train(args) -> int:
         results.check_writable(args.json)
     if args.save:
         results.check_writable(args.save, suffix=".keras")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     _import_tf_quietly()
     from . import data as data_mod
 
@@ -170,6 +188,12 @@ def cmd_train(args) -> int:
         + " (not timed)")
     if args.save:
         trainer.save(args.save)
+    if args.profile:
+        from .bench import profile_steps
+
+        os.makedirs(args.profile, exist_ok=True)
+        dd = trainer._last_data
+        profile_steps(lambda: float(trainer.train_steps(dd, 1)[0].numpy()), args.profile)
     if args.json:
         metrics = {"images_per_sec": res.images_per_sec, "final_test_acc": res.final_test_acc,
                    "final_test_loss": res.final_test_loss, "seconds_to_target": stt,
@@ -369,6 +393,43 @@ def _bench_accuracy(args, cfg, rt) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from . import results
+    from .config import RuntimeConfig
+    from .doctor import run_checks
+    from .runtime import environment, resolve
+
+    if args.json:
+        results.check_writable(args.json)
+    _import_tf_quietly()
+    rt = resolve(RuntimeConfig())
+    print(f"fastcifar doctor on {rt.device} ({rt.device_name}); auto = {rt.precision}, "
+          f"XLA {'on' if rt.xla else 'off'}")
+    checks = run_checks(rt.device_kind)
+    print(f"{'check':<48} {'result':<6} {'s':>6}  detail")
+    for c in checks:
+        print(f"{c['check']:<48} {c['status']:<6} {c['seconds']:>6}  {c['detail']}")
+    failed = [c for c in checks if c["status"] != "pass"]
+    print("all checks passed" if not failed else f"{len(failed)} check(s) FAILED")
+    if args.json:
+        obj = results.build("doctor", {}, rt.to_dict(), environment(), {},
+                            {"passed": len(checks) - len(failed), "failed": len(failed)},
+                            checks=checks)
+        results.write_json(args.json, obj)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from . import results
+    from .report import render
+
+    results.check_writable(args.output, suffix=".png")
+    loaded = [(p, results.read_json(p)) for p in args.results]
+    render(loaded, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare, parse_fraction
 
@@ -380,7 +441,7 @@ def cmd_compare(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "info": cmd_info, "bench": cmd_bench,
-            "compare": cmd_compare}
+            "compare": cmd_compare, "doctor": cmd_doctor, "report": cmd_report}
 NEEDS_TF = {"info"}
 
 

@@ -36,6 +36,10 @@ class TrainConfig:
     dropout: float = 0.0
     cutout: int = 8
     flip: bool = True
+    alternating_flip: bool = False  # mirror each image every other epoch (airbench)
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    tta: str = "none"  # test-time augmentation: none, flip, flip_translate
     crop_padding: int = 4
     target: Optional[float] = 0.94
     seed: int = 0
@@ -64,6 +68,14 @@ class TrainConfig:
             bad("dropout", "must be in [0, 1)")
         if not isinstance(self.cutout, int) or not 0 <= self.cutout <= 32:
             bad("cutout", "must be an integer side length in [0, 32] (0 turns it off)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad("label_smoothing", "must be in [0, 1), e.g. 0.2")
+        if not 0.0 <= self.ema < 1.0:
+            bad("ema", "must be a decay in [0, 1), e.g. 0.99 (0 turns it off)")
+        if self.tta not in ("none", "flip", "flip_translate"):
+            bad("tta", "choose none, flip or flip_translate")
+        if self.alternating_flip and not self.flip:
+            bad("alternating_flip", "needs flip=True")
         if not isinstance(self.crop_padding, int) or not 0 <= self.crop_padding <= 16:
             bad("crop_padding", "must be an integer in [0, 16]")
         if self.target is not None and not 0.0 < self.target <= 1.0:

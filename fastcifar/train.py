@@ -80,6 +80,9 @@ class Trainer:
                                                                   initial_scale=initial_scale)
                               if self.rt.precision == "mixed_float16" else inner)
             self.optimizer.build(self.model.trainable_variables)
+            # weight averaging (EMA): a float32 shadow of every weight and BN statistic
+            self.ema_variables = ([tf.Variable(tf.cast(v, tf.float32), trainable=False)
+                                   for v in self._ema_sources()] if config.ema else [])
 
     # --- schedule ---------------------------------------------------------------------
     def steps_per_epoch(self, n_train: int) -> int:
@@ -154,7 +157,7 @@ class Trainer:
         epoch, k = self.step // spe, self.step % spe
 
         def new_epoch():
-            u, perm = augment.epoch_table(c.seed, epoch, self._n_train)
+            u, perm = augment.epoch_table(c.seed, epoch, self._n_train, c.alternating_flip)
             self.table.assign(u)
             self.perm.assign(perm)
             return tf.constant(0)
@@ -168,13 +171,17 @@ class Trainer:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.model(xb, training=True)
-            ce = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
+            ce = tf.reduce_sum(cross_entropy(yb, logits, c.label_smoothing))
             loss = ce + l2_penalty(variables, c.weight_decay, B)
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         self.step.assign_add(1)
+        if self.ema_variables:
+            d = self.config.ema
+            for e, v in zip(self.ema_variables, self._ema_sources()):
+                e.assign(d * e + (1.0 - d) * tf.cast(v, e.dtype))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb),
                                         tf.float32))
         return ce, correct
@@ -195,7 +202,7 @@ class Trainer:
         y, w = tf.reshape(y, [nb, eb]), tf.reshape(w, [nb, eb])
         loss_sum, correct, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
         for i in tf.range(nb):
-            logits = self.model(self._normalise(x[i], mean, std), training=False)
+            logits = self.tta_logits(self._normalise(x[i], mean, std))
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y[i], logits)
             hit = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y[i]), tf.float32)
             loss_sum += tf.reduce_sum(ce * w[i])
@@ -203,11 +210,18 @@ class Trainer:
             count += tf.reduce_sum(w[i])
         return loss_sum, correct, count
 
+    def tta_logits(self, x):
+        """Mean logits over the test-time views: the image, its mirror, and with
+        `flip_translate` both shifted by one pixel each way (6 views, as airbench)."""
+        views = tta_views(x, self.config.tta)
+        return tf.add_n([self.model(v, training=False) for v in views]) / len(views)
+
     # --- state ------------------------------------------------------------------------
     def state_variables(self) -> list:
         """Everything a step may change: weights, BN statistics, dropout RNG, optimizer
         slots and loss scale, step counter, augmentation tables."""
-        vs = list(self.model.variables) + list(self.optimizer.variables) + [self.step]
+        vs = (list(self.model.variables) + list(self.optimizer.variables) + [self.step]
+              + list(self.ema_variables))
         if self._n_train is not None:
             vs += [self.table, self.perm]
         seen, out = set(), []
@@ -252,10 +266,29 @@ class Trainer:
         return self._train_fn(dd.x_train, dd.y_train, dd.mean, dd.std,
                               tf.constant(n_steps, tf.int32))
 
+    def _ema_sources(self) -> list:
+        """Weights and BatchNorm statistics: everything the averaged model evaluates with."""
+        return [v for v in self.model.weights
+                if str(getattr(v.dtype, "name", v.dtype)).startswith("float")]
+
+    def swap_ema(self) -> None:
+        """Exchange the live weights with their moving average (call twice to undo)."""
+        for e, v in zip(self.ema_variables, self._ema_sources()):
+            live = v.numpy()
+            v.assign(e.numpy())
+            e.assign(live)
+
     def evaluate_prepared(self, dd: DeviceData) -> dict:
+        """Over every test image once; with `ema`, using the averaged weights."""
         self._build(dd.n_train)
-        loss, correct, count = (t.numpy() for t in self._eval_fn(
-            dd.x_test, dd.y_test, dd.w_test, dd.mean, dd.std))
+        if self.ema_variables:
+            self.swap_ema()
+        try:
+            loss, correct, count = (t.numpy() for t in self._eval_fn(
+                dd.x_test, dd.y_test, dd.w_test, dd.mean, dd.std))
+        finally:
+            if self.ema_variables:
+                self.swap_ema()
         return {"test_loss": float(loss / count), "test_acc": float(correct / count),
                 "count": int(count)}
 
@@ -348,6 +381,30 @@ class Trainer:
     def save(self, path: str) -> None:
         """`.keras` file, written to a temporary name first so no half file is left."""
         save_model(self.model, path)
+
+
+def tta_views(x, mode: str) -> list:
+    if mode == "none":
+        return [x]
+    flipped = tf.reverse(x, axis=[2])
+    views = [x, flipped]
+    if mode == "flip_translate":
+        p = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        pf = tf.reverse(p, axis=[2])
+        h, w = x.shape[1], x.shape[2]
+        for src in (p, pf):
+            views += [src[:, 0:h, 0:w], src[:, 2:h + 2, 2:w + 2]]
+    return views
+
+
+def cross_entropy(labels, logits, label_smoothing: float = 0.0):
+    """Per-example cross-entropy; with smoothing, against one-hot targets mixed with the
+    uniform distribution (Keras 3's sparse loss has no smoothing)."""
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    k = logits.shape[-1]
+    target = tf.one_hot(labels, k) * (1.0 - label_smoothing) + label_smoothing / k
+    return tf.nn.softmax_cross_entropy_with_logits(target, logits)
 
 
 def save_model(model: keras.Model, path: str) -> None:

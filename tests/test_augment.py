@@ -73,3 +73,36 @@ def test_epoch_table_depends_only_on_seed_and_epoch():
     np.testing.assert_array_equal(a_p.numpy(), b_p.numpy())
     assert not np.array_equal(a_p.numpy(), c_p.numpy())
     assert sorted(a_p.numpy().tolist()) == list(range(1000))  # a permutation
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    n = 500
+    flips = [augment.epoch_table(4, e, n, alternating_flip=True)[0].numpy()[:, 3] < 0.5
+             for e in range(4)]
+    for e in range(3):
+        assert (flips[e] != flips[e + 1]).all()  # every image switches, every epoch
+    assert 0.4 < flips[0].mean() < 0.6
+    random_flips = [augment.epoch_table(4, e, n)[0].numpy()[:, 3] < 0.5 for e in range(2)]
+    assert (random_flips[0] != random_flips[1]).mean() < 0.7  # the default stays random
+
+
+def test_epoch_table_is_identical_with_and_without_xla():
+    def table():
+        return augment.epoch_table(tf.constant(3, tf.int64), tf.constant(5, tf.int64), 3000,
+                                   alternating_flip=True)
+
+    u0, p0 = table()
+    u1, p1 = tf.function(table, jit_compile=True)()
+    np.testing.assert_array_equal(u0.numpy(), u1.numpy())
+    np.testing.assert_array_equal(p0.numpy(), p1.numpy())
+    u = u0.numpy()[:, [0, 1, 2, 4, 5]]  # column 3 holds the alternating flip's 0/1
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u[:, 1].mean() - 0.5) < 0.03 and abs(np.corrcoef(u[:, 1], u[:, 2])[0, 1]) < 0.06
+
+
+def test_mul32_matches_wrapping_multiplication():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2 ** 32, 1000, dtype=np.uint64)
+    for c in (0x7FEB352D, 0x846CA68B, 0xFFFFFFFF, 1):
+        got = augment._mul32(tf.constant(x.astype(np.int64)), c).numpy()
+        np.testing.assert_array_equal(got.astype(np.uint64), (x * np.uint64(c)) & np.uint64(0xFFFFFFFF))

@@ -175,3 +175,59 @@ def test_pytest_benchmark_suite_runs(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "2 passed" in out.stdout
+
+
+def test_report_renders_a_png_from_real_results(step_results, tmp_path):
+    d, _, _ = step_results
+    train_json = tmp_path / "train.json"
+    out = run("train", "--data", "learnable:512", "--width", "4", "--batch-size", "64",
+              "--epochs", "2", "--quiet", "--json", str(train_json),
+              "--profile", str(tmp_path / "trace"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    traces = list((tmp_path / "trace").rglob("*.xplane.pb"))
+    assert traces and any(b"_train_loop" in p.read_bytes() for p in traces)
+    png = tmp_path / "report.png"
+    out = run("report", str(train_json), str(d / "a.json"), "-o", str(png))
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    import struct
+
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 1000 and height >= 300  # three panels side by side
+    bad = run("report", str(d / "a.json"), "-o", str(tmp_path / "r.jpg"))
+    assert bad.returncode == 2 and "must end in .png" in bad.stderr
+
+
+def test_doctor_passes_on_this_machine(tmp_path):
+    out = run("doctor", "--json", str(tmp_path / "doctor.json"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    r = json.loads((tmp_path / "doctor.json").read_text())
+    names = [c["check"] for c in r["checks"]]
+    assert len(names) == 5 and all(c["status"] == "pass" for c in r["checks"])
+    assert "scale 2^40 -> 2^39" in r["checks"][0]["detail"]
+
+
+def test_ctrl_c_during_a_benchmark_leaves_no_result_file(tmp_path):
+    import signal
+    import time
+
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    p = subprocess.Popen([sys.executable, "-m", "fastcifar.cli", "bench", "step", "--data",
+                          "synthetic:2048", "--width", "16", "--batch-size", "256", "--reps",
+                          "50", "--json", str(tmp_path / "r.json")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while "bench step:" not in line and time.time() < deadline:
+            line = p.stdout.readline()  # started benchmarking
+        time.sleep(2)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

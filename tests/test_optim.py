@@ -53,3 +53,18 @@ def test_l2_penalty_is_half_wd_batch_sum_of_squares():
     got = l2_penalty(vs, 5e-4, 512).numpy()
     assert got == pytest.approx(0.5 * 5e-4 * 512 * 14.0)
     assert l2_penalty(vs, 0.0, 512).numpy() == 0.0
+
+
+def test_label_smoothing_loss_matches_a_hand_computation():
+    from fastcifar.train import cross_entropy
+
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], np.float32)
+    labels = np.array([0, 1])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    eps, k = 0.2, 3
+    target = np.eye(k)[labels] * (1 - eps) + eps / k
+    want = -(target * np.log(p)).sum(1)
+    got = cross_entropy(tf.constant(labels), tf.constant(logits), eps).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    plain = cross_entropy(tf.constant(labels), tf.constant(logits), 0.0).numpy()
+    np.testing.assert_allclose(plain, -np.log(p[[0, 1], labels]), rtol=1e-5)

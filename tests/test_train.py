@@ -178,3 +178,46 @@ def test_save_and_predict_round_trip(f32, data, tmp_path):
     np.testing.assert_allclose(loaded(x, training=False).numpy(), tr.predict(data.x_test[:8]),
                                rtol=1e-5, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+
+def test_ema_equals_the_hand_computed_average_after_3_steps(data):
+    d = 0.5
+    tr = make_trainer(ema=d, seed=4)
+    dd = tr.prepare(data)
+    tr._build(dd.n_train)
+    tr.step.assign(8)
+    sources = tr._ema_sources()
+    hand = [v.numpy().astype(np.float64) for v in sources]  # starts at the initial weights
+    for _ in range(3):
+        tr.train_steps(dd, 1)
+        hand = [d * h + (1 - d) * v.numpy() for h, v in zip(hand, sources)]
+    for e, h in zip(tr.ema_variables, hand):
+        np.testing.assert_allclose(e.numpy(), h, rtol=1e-5, atol=1e-6)
+    # evaluation uses the averaged weights and leaves the live ones in place
+    live = [v.numpy().copy() for v in sources]
+    ev = tr.evaluate_prepared(dd)
+    for v, l in zip(sources, live):
+        np.testing.assert_array_equal(v.numpy(), l)
+    tr.swap_ema()
+    plain = tr.model(tr._normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
+    tr.swap_ema()
+    acc = np.mean(np.argmax(plain.numpy(), -1) == data.y_test)
+    assert ev["test_acc"] == pytest.approx(acc, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode,n_views", [("flip", 2), ("flip_translate", 6)])
+def test_tta_prediction_is_the_mean_of_the_views(f32, data, mode, n_views):
+    from fastcifar.train import tta_views
+
+    tr, dd = f32
+    x = tr._normalise(tf.constant(data.x_test[:4]), dd.mean, dd.std)
+    views = tta_views(x, mode)
+    assert len(views) == n_views
+    np.testing.assert_array_equal(views[1].numpy(), x.numpy()[:, :, ::-1])
+    if mode == "flip_translate":  # shifted by one pixel: interior rows/cols line up
+        np.testing.assert_array_equal(views[2].numpy()[:, 1:, 1:], x.numpy()[:, :-1, :-1])
+        np.testing.assert_array_equal(views[3].numpy()[:, :-1, :-1], x.numpy()[:, 1:, 1:])
+    want = np.mean([tr.model(v, training=False).numpy() for v in views], axis=0)
+    tta = make_trainer(tta=mode)
+    tta.model.set_weights(tr.model.get_weights())
+    np.testing.assert_allclose(tta.tta_logits(x).numpy(), want, rtol=1e-5, atol=1e-6)

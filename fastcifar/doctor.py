@@ -1,0 +1,126 @@
+"""`fastcifar doctor`: check, on the user's own machine, what this project's CI cannot.
+
+On a GPU: float16 training with an injected overflow (step skipped, scale halved, step
+counter still advancing), the XLA-compiled step against the uncompiled one on the same
+batch, the monitor's NVML device matched to the TensorFlow device by PCI bus id, and the
+achieved fraction of the conv peak. On a CPU: the same checks that apply.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+
+def _check(name, fn):
+    t0 = time.perf_counter()
+    try:
+        ok, detail = fn()
+        status = "pass" if ok else "FAIL"
+    except Exception as e:  # a check that crashes is a failed check, with its reason
+        status, detail = "FAIL", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        detail += " | " + traceback.format_exc().strip().splitlines()[-1][:200]
+    return {"check": name, "status": status, "detail": detail,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _trainer(precision, xla, width=8, batch=32, seed=0):
+    from .config import RuntimeConfig, recipe
+    from .train import Trainer
+
+    return Trainer(recipe("davidnet", width=width, batch_size=batch, seed=seed),
+                   RuntimeConfig(precision=precision, xla=xla, steps_per_call=1,
+                                 eval_batch_size=50))
+
+
+def _loss_of_first_step(tr, dd):
+    tr._build(dd.n_train)
+    tr.step.assign(tr.steps_per_epoch(dd.n_train))
+    return float(tr.train_steps(dd, 1)[0].numpy()) / tr.config.batch_size
+
+
+def run_checks(device_kind: str) -> list:
+    from .data import synthetic
+    from .runtime import nvml_index, resolve
+    from .config import RuntimeConfig
+
+    ds = synthetic(256, 50, learnable=True)
+    results = []
+
+    def overflow():
+        tr = _trainer("mixed_float16", xla=device_kind == "GPU")
+        dd = tr.prepare(ds)
+        tr._build(dd.n_train)
+        tr.step.assign(8)
+        w0 = [v.numpy().copy() for v in tr.model.trainable_variables]
+        tr.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow
+        tr.train_steps(dd, 1)
+        same = all(np.array_equal(a, v.numpy()) for a, v in zip(w0, tr.model.trainable_variables))
+        scale = float(tr.optimizer.dynamic_scale.numpy())
+        step = int(tr.step.numpy())
+        ok = same and scale == 2.0 ** 39 and step == 9
+        return ok, (f"weights unchanged={same}, scale 2^40 -> 2^{np.log2(scale):.0f}, "
+                    f"step counter 8 -> {step}")
+
+    def xla_matches():
+        losses = {}
+        for xla in (False, True):
+            tr = _trainer("float32", xla=xla, seed=1)
+            losses[xla] = _loss_of_first_step(tr, tr.prepare(ds))
+        diff = abs(losses[True] - losses[False]) / max(abs(losses[False]), 1e-6)
+        return diff < 1e-3, (f"loss XLA {losses[True]:.5f} vs graph {losses[False]:.5f} "
+                             f"(rel diff {diff:.1e}) on the same batch")
+
+    def mixed_matches():
+        prec = "mixed_float16" if device_kind == "GPU" else "mixed_bfloat16"
+        losses = {}
+        for p in ("float32", prec):
+            tr = _trainer(p, xla=False, seed=2)
+            losses[p] = _loss_of_first_step(tr, tr.prepare(ds))
+        diff = abs(losses[prec] - losses["float32"]) / max(abs(losses["float32"]), 1e-6)
+        tol = 0.02 if prec == "mixed_float16" else 0.05
+        return diff < tol, (f"loss {prec} {losses[prec]:.4f} vs float32 "
+                            f"{losses['float32']:.4f} (rel diff {diff:.1e}, tolerance {tol})")
+
+    def nvml_mapping():
+        rt = resolve(RuntimeConfig())
+        if rt.device_kind != "GPU":
+            from .monitor import Monitor
+
+            m = Monitor(interval=0.05)
+            return True, (f"no GPU: monitor source {m.source_name} "
+                          f"({m.why_not_nvml or 'NVML usable'})")
+        idx = nvml_index(rt.device)
+        if idx is None:
+            return False, f"{rt.device} could not be matched to an NVML device by PCI bus id"
+        import pynvml
+
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(idx))
+        pynvml.nvmlShutdown()
+        name = name.decode() if isinstance(name, bytes) else name
+        return True, f"{rt.device} ({rt.device_name}) = NVML device {idx} ({name})"
+
+    def fraction_of_peak():
+        from .bench import step_benchmark
+        from .config import RuntimeConfig, recipe
+
+        width, batch = (64, 512) if device_kind == "GPU" else (32, 128)
+        big = synthetic(4 * batch, 100)
+        r = step_benchmark(recipe("seed", width=width, batch_size=batch), RuntimeConfig(),
+                           big, steps=2, reps=3)
+        if "error" in r:
+            return False, r["error"]
+        f = r["fraction_of_peak"]
+        return f > 0.05, (f"{f:.1%} of the dense conv peak at width {width}, batch {batch} "
+                          f"({r['images_per_sec']:.0f} img/s, {r['runtime']['precision']}, "
+                          f"XLA {'on' if r['runtime']['xla'] else 'off'})")
+
+    results.append(_check("float16 overflow: step skipped, scale halved", overflow))
+    results.append(_check("XLA step computes the same loss", xla_matches))
+    results.append(_check("mixed precision computes the same loss", mixed_matches))
+    results.append(_check("monitor: NVML device = TF device (PCI bus id)", nvml_mapping))
+    results.append(_check("achieved fraction of peak", fraction_of_peak))
+    return results
