@@ -41,8 +41,8 @@ def _fraction(text: str) -> float:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="davidnet", help="seed (the tutorial) or davidnet "
-                   "(the original, default)")
+    p.add_argument("--recipe", default="davidnet", help="seed (the tutorial), davidnet "
+                   "(the original, default) or fast (bag of tricks, 10 epochs)")
     p.add_argument("--data", default="cifar10", help="cifar10 (download/cache, default), "
                    "synthetic[:N], learnable[:N], or a path to the archive, its folder or an "
                    "image-folder tree")
@@ -61,6 +61,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation")
     p.add_argument("--alternating-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror each image every other epoch instead of at random")
+    p.add_argument("--activation", choices=("relu", "celu", "gelu"))
+    p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                   help="frozen PCA-whitening first layer")
+    p.add_argument("--frozen-bn-scale", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--bias-lr-scale", type=float, help="BatchNorm beta lr x this, wd / this")
     p.add_argument("--precision", default="auto",
                    help="auto, float32, mixed_bfloat16 or mixed_float16")
     p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(t)
     sub.add_parser("info", help="devices, versions, and what `auto` picks and why")
     b = sub.add_parser("bench", help="benchmarks: step (default) or accuracy")
-    b.add_argument("which", nargs="?", default="step", choices=("step", "accuracy"))
+    b.add_argument("which", nargs="?", default="step", choices=("step", "accuracy", "ablate"))
     b.add_argument("--recipe", default=None, help="default: seed for step timing, "
                    "davidnet for accuracy")
     b.add_argument("--data", default=None, help="step: synthetic (default) or any --data "
@@ -104,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=1, help="accuracy: repeats with seeds 0..N-1")
     b.add_argument("--target", type=_fraction)
     b.add_argument("--seed", type=int)
+    b.add_argument("--budget-epochs", type=int, help="ablate: epochs per run")
+    b.add_argument("--seeds", type=int, default=1, help="ablate: seeds per variant")
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--quiet", action="store_true")
     d = sub.add_parser("doctor", help="self-check this machine's GPU/CPU paths")
@@ -131,7 +138,9 @@ def _configs(args):
                  width=args.width, lr_peak=args.lr_peak, weight_decay=args.weight_decay,
                  dropout=args.dropout, cutout=args.cutout, seed=args.seed, target=args.target,
                  label_smoothing=args.label_smoothing, ema=args.ema, tta=args.tta,
-                 alternating_flip=args.alternating_flip)
+                 alternating_flip=args.alternating_flip, activation=args.activation,
+                 whiten=args.whiten, frozen_bn_scale=args.frozen_bn_scale,
+                 bias_lr_scale=args.bias_lr_scale)
     rt = RuntimeConfig(precision=args.precision, xla=args.xla,
                        steps_per_call=args.steps_per_call, deterministic=args.deterministic,
                        data_layout=args.data_layout, device=args.device).validate()
@@ -267,7 +276,58 @@ def cmd_bench(args) -> int:
     rt = RuntimeConfig(precision=args.precision, xla=args.xla).validate()
     if args.which == "step":
         return _bench_step(args, cfg, rt, sizes)
+    if args.which == "ablate":
+        return _bench_ablate(args, cfg, rt)
     return _bench_accuracy(args, cfg, rt)
+
+
+def _bench_ablate(args, cfg, rt) -> int:
+    """The recipe, then once per technique switched off: same seeds, same epoch budget."""
+    import statistics
+
+    from . import bench, results
+    from . import data as data_mod
+    from .config import FAST_TECHNIQUES, ConfigError
+    from .runtime import environment
+    from .train import Trainer
+
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    budget = args.budget_epochs or cfg.epochs
+    ds = data_mod.load(args.data or "cifar10", quiet=args.quiet)
+    _import_tf_quietly()
+    techniques = {k: v for k, v in FAST_TECHNIQUES.items()
+                  if cfg.replace(**v) != cfg}  # only what the recipe has switched on
+    variants = {"all techniques": {}, **{f"without {k}": v for k, v in techniques.items()}}
+    rows = []
+    for name, off in variants.items():
+        accs, secs = [], []
+        for s in range(args.seeds):
+            c = cfg.replace(epochs=budget, seed=cfg.seed + s, **off)
+            res = Trainer(c, rt).fit(ds, quiet=True)
+            accs.append(res.final_test_acc)
+            secs.append(res.train_seconds)
+        rows.append({"variant": name, "switched_off": dict(off),
+                     "final_test_acc_mean": statistics.mean(accs),
+                     "final_test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "accs": accs, "seconds_median": statistics.median(secs)})
+        if not args.quiet:
+            r = rows[-1]
+            print(f"{name:<34} acc {r['final_test_acc_mean']:.4f} +- "
+                  f"{r['final_test_acc_std']:.4f}  {r['seconds_median']:.1f} s", flush=True)
+    base = rows[0]["final_test_acc_mean"]
+    print(f"\nrecipe {cfg.recipe}, {budget} epochs, {args.seeds} seed(s), data {ds.name}")
+    print(f"{'variant':<34} {'final acc (mean)':>16} {'vs all (pp)':>12} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['variant']:<34} {100 * r['final_test_acc_mean']:>15.2f}% "
+              f"{100 * (r['final_test_acc_mean'] - base):>+12.2f} {r['seconds_median']:>8.1f}")
+    if args.json:
+        obj = results.build("bench", cfg.to_dict(), rt.to_dict(), environment(),
+                            ds.identity(), {"final_test_acc": base}, benchmark="ablate",
+                            ablation=rows, budget_epochs=budget, seeds=args.seeds,
+                            calibration=bench.calibrate_machine())
+        results.write_json(args.json, obj)
+    return 0
 
 
 def _bench_step(args, cfg, rt, sizes) -> int:

@@ -52,31 +52,55 @@ class BatchNorm(layers.BatchNormalization):
         return y
 
 
-def _conv_bn(x, filters, dropout, dtype, seed, name):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+ACTIVATIONS = ("relu", "celu", "gelu")
+WHITEN_CHANNELS = 27  # 3x3 patches of 3 channels
+
+
+def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_scale=False,
+             kernel_size=3):
+    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
                       kernel_initializer=torch_uniform(seed), dtype=dtype,
                       name=f"{name}_conv")(x)
     if dropout:
         x = layers.Dropout(dropout, seed=seed, dtype=dtype, name=f"{name}_drop")(x)
-    x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, name=f"{name}_bn")(x)
-    return layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
+    # frozen scale: gamma fixed at 1 (the "bag of tricks" BatchNorm); beta still learns
+    x = BatchNorm(momentum=0.9, epsilon=1e-5, scale=not frozen_scale, dtype=dtype,
+                  name=f"{name}_bn")(x)
+    if activation == "relu":
+        return layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
+    return layers.Activation(activation, dtype=dtype, name=f"{name}_{activation}")(x)
 
 
 def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
-             seed: int = 0, num_classes: int = 10, image_size: int = 32) -> keras.Model:
-    """prep -> [2c, pool, res] -> [4c, pool] -> [8c, pool, res] -> max -> dense -> x0.125."""
+             seed: int = 0, num_classes: int = 10, image_size: int = 32,
+             activation: str = "relu", frozen_bn_scale: bool = False,
+             whiten: bool = False) -> keras.Model:
+    """prep -> [2c, pool, res] -> [4c, pool] -> [8c, pool, res] -> max -> dense -> x0.125.
+
+    `whiten` replaces the prep 3x3 conv by a frozen 3x3 PCA-whitening conv (27 channels,
+    fitted to the training images by `fit_whitening`) followed by a trainable 1x1 conv,
+    as in "How to train your ResNet 8: bag of tricks"."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     dtype = keras.DTypePolicy(precision)
     seeds = iter(range(seed * 1000, seed * 1000 + 1000))
     c = width
+    conv_bn = lambda x, f, name, **kw: _conv_bn(x, f, dropout, dtype, next(seeds), name,
+                                                 activation, frozen_bn_scale, **kw)
     inp = keras.Input((image_size, image_size, 3), name="image")
-    x = _conv_bn(inp, c, dropout, dtype, next(seeds), "prep")
+    if whiten:
+        x = layers.Conv2D(WHITEN_CHANNELS, 3, padding="same", use_bias=False,
+                          trainable=False, dtype=dtype, name="whiten")(inp)
+        x = conv_bn(x, c, "prep", kernel_size=1)
+    else:
+        x = conv_bn(inp, c, "prep")
 
     def block(x, filters, residual, name):
-        x = _conv_bn(x, filters, dropout, dtype, next(seeds), name)
+        x = conv_bn(x, filters, name)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"{name}_pool")(x)
         if residual:
-            r = _conv_bn(x, filters, dropout, dtype, next(seeds), f"{name}_res1")
-            r = _conv_bn(r, filters, dropout, dtype, next(seeds), f"{name}_res2")
+            r = conv_bn(x, filters, f"{name}_res1")
+            r = conv_bn(r, filters, f"{name}_res2")
             x = layers.Add(dtype=dtype, name=f"{name}_add")([x, r])
         return x
 
@@ -89,6 +113,33 @@ def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
     # Logits leave the model in float32 so the loss is computed in full precision.
     out = layers.Rescaling(0.125, dtype="float32", name="logits")(x)
     return keras.Model(inp, out, name=f"davidnet_c{width}")
+
+
+def fit_whitening(model: keras.Model, images, eps: float = 1e-2) -> None:
+    """Set the frozen `whiten` conv to PCA whitening of the 3x3 patches of `images`
+    (normalised, NHWC, on the device): W = V diag(1/sqrt(lambda + eps)). Its outputs then
+    have (near) identity covariance on those patches."""
+    import tensorflow as tf
+
+    patches = whitening_patches(images)
+    mean = tf.reduce_mean(patches, axis=0)
+    centered = patches - mean
+    cov = tf.matmul(centered, centered, transpose_a=True) / tf.cast(tf.shape(patches)[0],
+                                                                     tf.float32)
+    eigval, eigvec = tf.linalg.eigh(tf.cast(cov, tf.float64))
+    w = eigvec / tf.sqrt(eigval + eps)[None, :]
+    kernel = tf.reshape(tf.cast(w, tf.float32), [3, 3, 3, WHITEN_CHANNELS])
+    model.get_layer("whiten").kernel.assign(kernel)
+
+
+def whitening_patches(images):
+    """[N*30*30, 27] float32: every valid 3x3 patch, ordered (row, col, channel) to match
+    a conv kernel's [kh, kw, cin] layout."""
+    import tensorflow as tf
+
+    x = tf.cast(images, tf.float32)
+    p = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")
+    return tf.reshape(p, [-1, WHITEN_CHANNELS])
 
 
 def conv_layers(model: keras.Model) -> list:

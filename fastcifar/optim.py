@@ -64,10 +64,13 @@ def lr_tensor(step, steps_per_epoch: int, epochs: int, peak_fraction: float, lr_
     return tf.clip_by_value(lr, 0.0, peak) / float(batch_size)
 
 
-def l2_penalty(variables, weight_decay: float, batch_size: int):
+def l2_penalty(variables, weight_decay: float, batch_size: int, scales=None):
     """1/2 * wd * B * sum(w^2): coupled L2 through the loss, so its gradient wd*B*w is
-    scaled and unscaled with the rest (added after `scale_loss` it would be divided away)."""
+    scaled and unscaled with the rest (added after `scale_loss` it would be divided away).
+    `scales[i]` divides the decay of variable i (biases with a raised learning rate)."""
     if not weight_decay:
         return tf.constant(0.0, tf.float32)
-    total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+    scales = scales or [1.0] * len(variables)
+    total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) / k
+                      for v, k in zip(variables, scales)])
     return 0.5 * weight_decay * batch_size * total

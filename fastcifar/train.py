@@ -69,7 +69,13 @@ class Trainer:
         self._eval_fn = None
         self.compile_seconds = 0.0
         with tf.device(self.rt.device):
-            self.model = davidnet(config.width, config.dropout, self.rt.precision, config.seed)
+            self.model = davidnet(config.width, config.dropout, self.rt.precision, config.seed,
+                                  activation=config.activation,
+                                  frozen_bn_scale=config.frozen_bn_scale,
+                                  whiten=config.whiten)
+            # BatchNorm betas: learning rate x bias_lr_scale, weight decay / bias_lr_scale
+            self.lr_scales = [config.bias_lr_scale if _is_bias(v) else 1.0
+                              for v in self.model.trainable_variables]
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             inner = TutorialNesterov(learning_rate=self._learning_rate,
                                      momentum=config.momentum)
@@ -172,14 +178,19 @@ class Trainer:
         with tf.GradientTape() as tape:
             logits = self.model(xb, training=True)
             ce = tf.reduce_sum(cross_entropy(yb, logits, c.label_smoothing))
-            loss = ce + l2_penalty(variables, c.weight_decay, B)
+            loss = ce + l2_penalty(variables, c.weight_decay, B, self.lr_scales)
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
+        if c.bias_lr_scale != 1.0:  # momentum SGD is linear in g: this scales the lr
+            grads = [g * k if k != 1.0 else g for g, k in zip(grads, self.lr_scales)]
         self.optimizer.apply_gradients(zip(grads, variables))
         self.step.assign_add(1)
         if self.ema_variables:
-            d = self.config.ema
+            # warm-up as in TF's ExponentialMovingAverage(num_updates): early on the average
+            # follows the weights, so short runs are not evaluated near their initial state
+            n = tf.cast(self.step, tf.float32)
+            d = tf.minimum(self.config.ema, (1.0 + n) / (10.0 + n))
             for e, v in zip(self.ema_variables, self._ema_sources()):
                 e.assign(d * e + (1.0 - d) * tf.cast(v, e.dtype))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb),
@@ -266,6 +277,15 @@ class Trainer:
         return self._train_fn(dd.x_train, dd.y_train, dd.mean, dd.std,
                               tf.constant(n_steps, tf.int32))
 
+    def fit_whitening(self, dd: DeviceData, n_images: int = 10000) -> None:
+        """PCA-whiten the first layer on up to `n_images` unaugmented training images."""
+        from .model import fit_whitening
+
+        p = self.config.crop_padding
+        x = dd.x_train[:n_images]
+        x = x[:, p:x.shape[1] - p, p:x.shape[2] - p] if p else x
+        fit_whitening(self.model, tf.cast(self._normalise(x, dd.mean, dd.std), tf.float32))
+
     def _ema_sources(self) -> list:
         """Weights and BatchNorm statistics: everything the averaged model evaluates with."""
         return [v for v in self.model.weights
@@ -306,6 +326,8 @@ class Trainer:
         self.compile(len(ds.x_train), len(ds.x_test))
         t0 = time.perf_counter()
         dd = self.prepare(ds)
+        if c.whiten:  # fitted on the device from training images: counted as training time
+            self.fit_whitening(dd)
         float(dd.mean[0].numpy())  # the upload is done before the clock reads
         prep = time.perf_counter() - t0
         spe = self.steps_per_epoch(dd.n_train)
@@ -381,6 +403,10 @@ class Trainer:
     def save(self, path: str) -> None:
         """`.keras` file, written to a temporary name first so no half file is left."""
         save_model(self.model, path)
+
+
+def _is_bias(v) -> bool:
+    return str(getattr(v, "path", v.name)).endswith("beta")
 
 
 def tta_views(x, mode: str) -> list:

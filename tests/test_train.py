@@ -190,6 +190,8 @@ def test_ema_equals_the_hand_computed_average_after_3_steps(data):
     hand = [v.numpy().astype(np.float64) for v in sources]  # starts at the initial weights
     for _ in range(3):
         tr.train_steps(dd, 1)
+        n = tr.step.numpy()  # the decay warms up as min(d, (1 + n) / (10 + n)): here d
+        assert min(d, (1 + n) / (10 + n)) == d
         hand = [d * h + (1 - d) * v.numpy() for h, v in zip(hand, sources)]
     for e, h in zip(tr.ema_variables, hand):
         np.testing.assert_allclose(e.numpy(), h, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,84 @@
+"""The `fast` recipe's techniques, each in isolation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fastcifar.config import FAST_TECHNIQUES, RuntimeConfig, recipe
+from fastcifar.data import synthetic
+from fastcifar.model import davidnet, fit_whitening
+from fastcifar.train import Trainer
+
+
+def test_whitening_layer_has_identity_covariance_on_its_patches():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
+    x = tf.constant(base + 0.8 * np.roll(base, 1, axis=1) + 0.5 * base[..., :1])  # correlated
+    m = davidnet(4, whiten=True)
+    fit_whitening(m, x, eps=1e-4)
+    layer = m.get_layer("whiten")
+    assert not layer.trainable and layer.kernel.shape == (3, 3, 3, 27)
+    out = keras.Model(m.input, layer.output)(x).numpy()[:, 1:-1, 1:-1].reshape(-1, 27)
+    np.testing.assert_allclose(np.cov(out.T), np.eye(27), atol=2e-3)
+    raw = tf.image.extract_patches(x, [1, 3, 3, 1], [1] * 4, [1] * 4, "VALID").numpy()
+    assert np.abs(np.cov(raw.reshape(-1, 27).T) - np.eye(27)).max() > 0.3  # it was not white
+
+
+def test_bias_lr_scaling_changes_exactly_the_bias_updates():
+    ds = synthetic(128, 20, learnable=True)
+    updates = {}
+    for k in (1.0, 64.0):
+        tr = Trainer(recipe("davidnet", width=4, batch_size=32, weight_decay=5e-4,
+                            frozen_bn_scale=True, bias_lr_scale=k),
+                     RuntimeConfig(precision="float32", xla=False))
+        dd = tr.prepare(ds)
+        tr._build(dd.n_train)
+        tr.step.assign(4)
+        w0 = [v.numpy().copy() for v in tr.model.trainable_variables]
+        tr.train_steps(dd, 1)
+        updates[k] = [(v.path, v.numpy() - a) for v, a in zip(tr.model.trainable_variables, w0)]
+    biases = 0
+    for (name, d1), (_, d64) in zip(updates[1.0], updates[64.0]):
+        if name.endswith("beta"):
+            biases += 1
+            # lr x64; the decay term is /64 first, so lr*wd is unchanged: the data part x64
+            assert np.abs(d64).max() > 10 * np.abs(d1).max()
+        else:
+            np.testing.assert_allclose(d64, d1, rtol=1e-5, atol=1e-8)
+    assert biases == 8
+    assert not any(n.endswith("gamma") for n, _ in updates[1.0])  # frozen scale
+
+
+def test_fast_recipe_is_each_technique_switched_on_and_trains():
+    cfg = recipe("fast")
+    assert cfg.epochs == 10 and cfg.label_smoothing == 0.2 and cfg.whiten
+    assert cfg.bias_lr_scale == 64 and cfg.ema > 0 and cfg.tta == "flip_translate"
+    for name, off in FAST_TECHNIQUES.items():
+        assert cfg.replace(**off) != cfg, name
+    ds = synthetic(1024, 96, learnable=True, seed=2)
+    tr = Trainer(recipe("fast", width=4, batch_size=32, epochs=2),
+                 RuntimeConfig(precision="float32", xla=False, eval_batch_size=96))
+    res = tr.fit(ds)
+    assert res.final_test_acc > 0.5, res.history
+    assert np.abs(tr.model.get_layer("whiten").kernel.numpy()).max() > 0  # fitted in fit()
+
+
+def test_bench_ablate_prints_a_row_per_technique(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fastcifar.cli", "bench", "ablate", "--recipe", "fast",
+         "--budget-epochs", "1", "--data", "learnable:256", "--width", "4", "--batch-size",
+         "64", "--precision", "float32", "--json", str(tmp_path / "ab.json"), "--quiet"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "ab.json").read_text())
+    names = [row["variant"] for row in r["ablation"]]
+    assert names[0] == "all techniques" and len(names) == 1 + len(FAST_TECHNIQUES)
+    assert all(0 <= row["final_test_acc_mean"] <= 1 for row in r["ablation"])
+    assert "without whitening" in out.stdout and "vs all (pp)" in out.stdout
