@@ -1,8 +1,9 @@
 """The compiled, device-resident trainer.
 
-The training set is normalised statistics + reflect-padded once and lives on the device;
-each compiled call runs `steps_per_call` steps in an on-device loop: gather the batch by
-the epoch's permutation, augment it, step. Nothing per image touches the host.
+The training set's per-channel statistics are computed once, the set is reflect-padded
+once and lives on the device; each compiled call runs `steps_per_call` steps in an
+on-device loop: gather the batch by the epoch's permutation, augment it, step. Nothing
+per image touches the host.
 """
 
 from __future__ import annotations
