@@ -19,22 +19,19 @@ STEPS = 2
 
 @pytest.fixture(scope="module", params=["auto", "float32"])
 def compiled(request):
+    from fastcifar.bench import compiled_call
     from fastcifar.config import RuntimeConfig, recipe
     from fastcifar.data import synthetic
-    from fastcifar.train import Trainer
 
     ds = synthetic(max(4 * BATCH, 512), 100)
-    tr = Trainer(recipe("seed", width=WIDTH, batch_size=BATCH),
-                 RuntimeConfig(precision=request.param, steps_per_call=STEPS))
-    tr.compile(len(ds.x_train), len(ds.x_test))
-    dd = tr.prepare(ds)
-    tr.step.assign(tr.steps_per_epoch(dd.n_train))
-    return request.param, tr, dd
+    tr, call, _ = compiled_call(recipe("seed", width=WIDTH, batch_size=BATCH),
+                                RuntimeConfig(precision=request.param), ds, STEPS)
+    return tr, call
 
 
 def test_train_call(benchmark, compiled):
-    precision, tr, dd = compiled
+    tr, call = compiled
     benchmark.extra_info.update(precision=tr.rt.precision, xla=tr.rt.xla, width=WIDTH,
                                 batch_size=BATCH, steps_per_call=STEPS)
-    loss = benchmark(lambda: float(tr.train_steps(dd, STEPS)[0].numpy()))
+    loss = benchmark(call)
     assert loss == loss  # finite, not NaN

@@ -78,28 +78,39 @@ def time_calls(call: Callable[[], float], reps: int) -> list:
     return out
 
 
+def compiled_call(cfg, rt_config, ds, steps: int):
+    """A trainer compiled for `ds`'s shapes (compile seconds returned apart), its step
+    counter a quarter into the schedule (lr > 0), and a call that runs `steps` steps and
+    synchronises by fetching the loss. One untimed real call is made first (allocations)."""
+    from .train import Trainer
+
+    tr = Trainer(cfg, rt_config.replace(steps_per_call=steps))
+    compile_s = tr.compile(len(ds.x_train), len(ds.x_test))
+    dd = tr.prepare(ds)
+    tr.step.assign(cfg.epochs * tr.steps_per_epoch(dd.n_train) // 4)
+
+    def call() -> float:
+        return float(tr.train_steps(dd, steps)[0].numpy())
+
+    call()
+    return tr, call, compile_s
+
+
 def step_benchmark(cfg, rt_config, ds, steps: int, reps: int, monitor=None,
-                   profile_dir: Optional[str] = None) -> dict:
-    """Compile (timed apart), then `reps` synchronised calls of `steps` steps each."""
+                   profile_dir: Optional[str] = None, return_call: bool = False):
+    """Compile (timed apart), then `reps` synchronised calls of `steps` steps each.
+    With `return_call`, also returns the compiled call so a comparison can reuse it."""
     import tensorflow as tf
 
     from .flops import train_flops
-    from .runtime import peak_memory_bytes
-    from .train import Trainer
+    from .runtime import peak_memory_bytes, resolve
 
-    rt_config = rt_config.replace(steps_per_call=steps)
+    rt = resolve(rt_config)
+    call = None
     try:
-        tr = Trainer(cfg, rt_config)
-        if tr.rt.device_kind == "GPU":
-            tf.config.experimental.reset_memory_stats(tr.rt.device.lstrip("/"))
-        compile_s = tr.compile(len(ds.x_train), len(ds.x_test))
-        dd = tr.prepare(ds)
-        tr.step.assign(cfg.epochs * tr.steps_per_epoch(dd.n_train) // 4)  # lr > 0
-
-        def call():
-            return float(tr.train_steps(dd, steps)[0].numpy())
-
-        call()  # first real call: allocations, not timed
+        if rt.device_kind == "GPU":
+            tf.config.experimental.reset_memory_stats(rt.device.lstrip("/"))
+        tr, call, compile_s = compiled_call(cfg, rt_config, ds, steps)
         window = monitor.window("steady") if monitor is not None else _null()
         with window as w:
             secs = time_calls(call, reps)
@@ -107,7 +118,8 @@ def step_benchmark(cfg, rt_config, ds, steps: int, reps: int, monitor=None,
             profile_steps(call, profile_dir)
     except tf.errors.ResourceExhaustedError as e:
         first = str(e).strip().splitlines()[0][:200]
-        return {"batch_size": cfg.batch_size, "error": f"out of memory: {first}"}
+        out = {"batch_size": cfg.batch_size, "error": f"out of memory: {first}"}
+        return (out, None) if return_call else out
     step_ms = [1000 * s / steps for s in secs]
     ips = [steps * cfg.batch_size / s for s in secs]
     fpi = train_flops(tr.model)
@@ -130,24 +142,19 @@ def step_benchmark(cfg, rt_config, ds, steps: int, reps: int, monitor=None,
         from .monitor import headline
 
         out["utilization"] = headline(monitor.result([w]))
-    return out
+    return (out, call) if return_call else out
 
 
-def seed_speedup(cfg, rt_config, ds, steps: int, pairs: int) -> dict:
+def seed_speedup(cfg, rt_config, ds, steps: int, pairs: int, fast_call=None) -> dict:
     """Fast trainer (A) against the tutorial's eager loop (B), alternating A B A B in one
-    process; the speed-up is the median/min/max of the pairwise throughput ratios."""
+    process; the speed-up is the median/min/max of the pairwise throughput ratios.
+    `fast_call`: an already compiled call from `step_benchmark` (else one is built)."""
     from .baselines.tutorial import TutorialTrainer
-    from .train import Trainer
 
-    tr = Trainer(cfg, rt_config.replace(steps_per_call=steps))
-    tr.compile(len(ds.x_train), len(ds.x_test))
-    dd = tr.prepare(ds)
-    tr.step.assign(cfg.epochs * tr.steps_per_epoch(dd.n_train) // 4)
-    fast = lambda: float(tr.train_steps(dd, steps)[0].numpy())
+    fast = fast_call or compiled_call(cfg, rt_config, ds, steps)[1]
     seed = TutorialTrainer(width=cfg.width, batch_size=cfg.batch_size, seed=cfg.seed)
     seed.prepare(ds.x_train, ds.y_train)
     seed.time_steps(1)  # builds the model
-    fast()
     ratios, a_ips, b_ips = [], [], []
     for _ in range(pairs):
         a = steps * cfg.batch_size / time_calls(fast, 1)[0]

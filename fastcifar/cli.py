@@ -341,7 +341,7 @@ def _bench_step(args, cfg, rt, sizes) -> int:
     steps = args.steps or 2
     say = (lambda *a: None) if args.quiet else print
     calibration = bench.calibrate_machine()
-    sweep = []
+    sweep, calls = [], {}
     mon = Monitor(interval=0.1, source="auto")
     with mon:
         for bs in sizes:
@@ -351,8 +351,10 @@ def _bench_step(args, cfg, rt, sizes) -> int:
                               f"{len(ds.x_train)} training images"})
                 continue
             say(f"bench step: width {c.width}, batch {bs}, {steps} steps x {args.reps} calls")
-            r = bench.step_benchmark(c, rt, ds, steps, args.reps, monitor=mon,
-                                     profile_dir=args.profile if bs == sizes[0] else None)
+            r, call = bench.step_benchmark(c, rt, ds, steps, args.reps, monitor=mon,
+                                           profile_dir=args.profile if bs == sizes[0] else None,
+                                           return_call=True)
+            calls[bs] = call
             sweep.append(r)
             if "error" in r:
                 say(f"  batch {bs}: {r['error']}")
@@ -373,7 +375,7 @@ def _bench_step(args, cfg, rt, sizes) -> int:
     if args.compare == "seed":
         say(f"comparing with the tutorial's loop ({args.pairs} alternating pairs)")
         sp = bench.seed_speedup(cfg.replace(batch_size=head["batch_size"]), rt, ds, steps,
-                                args.pairs)
+                                args.pairs, fast_call=calls.get(head["batch_size"]))
         metrics.update(sp)
         s = sp["speedup_vs_seed"]
         say(f"  speedup vs the tutorial: {s['median']:.2f}x (min {s['min']:.2f}, "
