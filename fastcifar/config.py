@@ -16,6 +16,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field and the fix."""
 
 
+STRATEGIES = ("auto", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DATA_LAYOUTS = ("auto", "uint8", "compute")
 
@@ -47,6 +48,11 @@ class TrainConfig:
     crop_padding: int = 4
     target: Optional[float] = 0.94
     seed: int = 0
+    # data parallelism (fastcifar.distribute): one device, or tf.distribute's mirrored
+    # strategies; `replicas` 0 = every local GPU (mirrored) / one replica per worker
+    strategy: str = "auto"
+    replicas: int = 0
+    sync_bn: bool = False  # BatchNorm statistics over the global batch, not each replica's
 
     def validate(self) -> "TrainConfig":
         def bad(name: str, why: str) -> None:
@@ -90,6 +96,16 @@ class TrainConfig:
             bad("target", "must be a fraction in (0, 1], e.g. 0.93")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
+        if not isinstance(self.replicas, int) or self.replicas < 0:
+            bad("replicas", "must be an integer >= 0 (0 = every local device)")
+        if self.strategy == "auto" and self.replicas > 1:
+            bad("replicas", "needs strategy='mirrored' (one device otherwise)")
+        if self.replicas > 1 and self.batch_size % self.replicas:
+            raise ConfigError(f"invalid batch_size={self.batch_size}: it does not split evenly "
+                              f"across {self.replicas} replicas; use a multiple of "
+                              f"{self.replicas}")
         return self
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -113,6 +129,8 @@ class RuntimeConfig:
     data_layout: str = "auto"  # uint8 padded set + normalise in step, or pre-normalised compute dtype
     eval_batch_size: int = 1000
     device: Optional[str] = None  # e.g. "/GPU:0"; None = first GPU, else CPU
+    # multiworker: longest wait for every peer to join, and for any collective to finish
+    peer_timeout: float = 120.0
 
     def validate(self) -> "RuntimeConfig":
         def bad(name: str, why: str) -> None:
@@ -128,6 +146,8 @@ class RuntimeConfig:
             bad("data_layout", f"choose one of {', '.join(DATA_LAYOUTS)}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             bad("eval_batch_size", "must be an integer >= 1")
+        if not (isinstance(self.peer_timeout, (int, float)) and self.peer_timeout > 0):
+            bad("peer_timeout", "must be a number of seconds > 0")
         return self
 
     def replace(self, **changes: Any) -> "RuntimeConfig":

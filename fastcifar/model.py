@@ -28,7 +28,22 @@ class BatchNorm(layers.BatchNormalization):
     separate ops, which measured 4.5x slower for BN+ReLU forward and backward on a
     512x32x32x128 bfloat16 batch on the development CPU. Registered: a saved model loads
     after `import fastcifar.model`.
+
+    `synchronized=True` (sync BN under tf.distribute) normalises with the statistics of
+    the global batch instead of each replica's share, at the cost of two small all-reduces
+    per layer and unfused ops.
     """
+
+    # TensorFlow's fused kernel raises epsilon to at least this; the synchronised path
+    # uses the same value
+    MIN_EPSILON = 1.001e-5
+
+    def add_weight(self, *args, **kwargs):
+        # Under tf.distribute a replica's update of a moving statistic is averaged over the
+        # replicas (Keras leaves it at "none": each replica's copy would drift apart).
+        if kwargs.get("name") in ("moving_mean", "moving_variance"):
+            kwargs["aggregation"] = "mean"
+        return super().add_weight(*args, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
         import tensorflow as tf
@@ -39,8 +54,14 @@ class BatchNorm(layers.BatchNormalization):
         gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones(inputs.shape[-1])
         beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros(inputs.shape[-1])
         if training and self.trainable:
-            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            ctx = tf.distribute.get_replica_context()
+            # synchronized: the same path on one replica as on many, so the replica count
+            # does not change the result
+            if self.synchronized and ctx is not None:
+                y, mean, var = self._synchronized_batch_norm(inputs, gamma, beta, ctx)
+            else:
+                y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                    inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
             self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
@@ -51,13 +72,34 @@ class BatchNorm(layers.BatchNormalization):
             is_training=False)
         return y
 
+    def _synchronized_batch_norm(self, x, gamma, beta, ctx):
+        """Statistics over the global batch: per-replica sums all-reduced. They are summed
+        in float64, so (to float32 rounding) they do not depend on how the batch is split;
+        in float32 the split alone moves them by an ulp, and DavidNet's max-pools turn
+        such differences into different gradients within a few steps. Returns the output
+        and, like the fused kernel, the unbiased batch variance."""
+        import tensorflow as tf
+
+        axes = [0, 1, 2]
+        # every replica holds an equal share of the global batch (the trainer checks)
+        n = float(x.shape[0] * x.shape[1] * x.shape[2] * ctx.num_replicas_in_sync)
+        x64 = tf.cast(x, tf.float64)
+        s = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x64, axes))
+        ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x64), axes))
+        mean64 = s / n
+        var = tf.cast(tf.maximum(ss / n - tf.square(mean64), 0.0), tf.float32)
+        mean = tf.cast(mean64, tf.float32)
+        eps = max(self.epsilon, self.MIN_EPSILON)
+        y = tf.nn.batch_normalization(tf.cast(x, tf.float32), mean, var, beta, gamma, eps)
+        return tf.cast(y, x.dtype), mean, var * (n / max(n - 1.0, 1.0))
+
 
 ACTIVATIONS = ("relu", "celu", "gelu")
 WHITEN_CHANNELS = 27  # 3x3 patches of 3 channels
 
 
 def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_scale=False,
-             kernel_size=3):
+             kernel_size=3, sync_bn=False):
     x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
                       kernel_initializer=torch_uniform(seed), dtype=dtype,
                       name=f"{name}_conv")(x)
@@ -65,7 +107,7 @@ def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_s
         x = layers.Dropout(dropout, seed=seed, dtype=dtype, name=f"{name}_drop")(x)
     # frozen scale: gamma fixed at 1 (the "bag of tricks" BatchNorm); beta still learns
     x = BatchNorm(momentum=0.9, epsilon=1e-5, scale=not frozen_scale, dtype=dtype,
-                  name=f"{name}_bn")(x)
+                  synchronized=sync_bn, name=f"{name}_bn")(x)
     if activation == "relu":
         return layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
     return layers.Activation(activation, dtype=dtype, name=f"{name}_{activation}")(x)
@@ -74,7 +116,7 @@ def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_s
 def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
              seed: int = 0, num_classes: int = 10, image_size: int = 32,
              activation: str = "relu", frozen_bn_scale: bool = False,
-             whiten: bool = False) -> keras.Model:
+             whiten: bool = False, sync_bn: bool = False) -> keras.Model:
     """prep -> [2c, pool, res] -> [4c, pool] -> [8c, pool, res] -> max -> dense -> x0.125.
 
     `whiten` replaces the prep 3x3 conv by a frozen 3x3 PCA-whitening conv (27 channels,
@@ -86,7 +128,8 @@ def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
     seeds = iter(range(seed * 1000, seed * 1000 + 1000))
     c = width
     conv_bn = lambda x, f, name, **kw: _conv_bn(x, f, dropout, dtype, next(seeds), name,
-                                                 activation, frozen_bn_scale, **kw)
+                                                 activation, frozen_bn_scale,
+                                                 sync_bn=sync_bn, **kw)
     inp = keras.Input((image_size, image_size, 3), name="image")
     if whiten:
         x = layers.Conv2D(WHITEN_CHANNELS, 3, padding="same", use_bias=False,

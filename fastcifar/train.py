@@ -4,6 +4,13 @@ The training set's per-channel statistics are computed once, the set is reflect-
 once and lives on the device; each compiled call runs `steps_per_call` steps in an
 on-device loop: gather the batch by the epoch's permutation, augment it, step. Nothing
 per image touches the host.
+
+Every step runs as a `tf.distribute` replica function. With one device (strategy `auto`)
+that is TensorFlow's default strategy and one replica; with `mirrored`/`multiworker` every
+device holds the whole training set and replica r takes rows [r*b, (r+1)*b) of each global
+batch of B = R*b permuted indices. Losses are sums over the replica's images, gradients are
+summed across replicas, and the L2 term is split R ways: R replicas at b compute the
+gradient of one device at B.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import augment
+from . import augment, cluster, distribute
 from .config import ConfigError, RuntimeConfig, TrainConfig
 from .data import Dataset
 from .model import davidnet
@@ -30,11 +37,13 @@ from .runtime import Resolved, apply_determinism, resolve
 class DeviceData:
     """Everything the compiled functions read, already on the device."""
 
+    # Per replica under a distribution strategy: the training set is copied to every
+    # replica, the test set is split into equal shards.
     x_train: tf.Tensor   # [N, 32+2p, 32+2p, 3], uint8 or compute dtype (normalised)
     y_train: tf.Tensor   # [N] int32
-    x_test: tf.Tensor    # [M', 32, 32, 3], padded with zeros to a multiple of the eval batch
-    y_test: tf.Tensor    # [M'] int32
-    w_test: tf.Tensor    # [M'] float32, 1 for real test images, 0 for padding
+    x_test: tf.Tensor    # [M'/R, 32, 32, 3]: M' = M padded with zeros to a multiple of R*eval batch
+    y_test: tf.Tensor    # [M'/R] int32
+    w_test: tf.Tensor    # [M'/R] float32, 1 for real test images, 0 for padding
     mean: tf.Tensor      # [3] float32
     std: tf.Tensor       # [3] float32
     n_train: int
@@ -59,25 +68,42 @@ class Trainer:
     """`Trainer(config).fit(dataset)`: a fast, faithful DavidNet baseline."""
 
     def __init__(self, config: TrainConfig = TrainConfig(),
-                 runtime: RuntimeConfig = RuntimeConfig()):
+                 runtime: RuntimeConfig = RuntimeConfig(),
+                 strategy: Optional[tf.distribute.Strategy] = None):
         self.config = config.validate()
         self.runtime_config = runtime.validate()
+        # first: MultiWorkerMirroredStrategy must exist before TensorFlow initialises
+        self.strategy = strategy or distribute.make_strategy(config, runtime)
+        self.distributed = distribute.is_distributed(self.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        cluster.heartbeat("ready")
         self.rt: Resolved = resolve(runtime)
+        if config.batch_size % self.replicas:
+            raise ConfigError(f"invalid batch_size={config.batch_size}: it does not split "
+                              f"evenly across {self.replicas} replicas; use a multiple of "
+                              f"{self.replicas}")
+        devices = distribute.replica_devices(self.strategy) if self.distributed else []
+        if self.rt.xla and any("GPU" not in d.upper() for d in devices):
+            raise ConfigError(f"invalid xla=True with strategy={config.strategy!r} on CPU "
+                              "devices: TensorFlow cannot compile a step that applies "
+                              "gradients across CPU replicas; drop --xla (XLA with "
+                              "tf.distribute needs GPUs)")
         apply_determinism(self.rt.deterministic)
         self.compute_dtype = tf.as_dtype(keras.DTypePolicy(self.rt.precision).compute_dtype)
         self._n_train: Optional[int] = None
         self._train_fn = None
         self._eval_fn = None
+        self._predict_fn = None
         self.compile_seconds = 0.0
-        with tf.device(self.rt.device):
+        with self._placement():
             self.model = davidnet(config.width, config.dropout, self.rt.precision, config.seed,
                                   activation=config.activation,
                                   frozen_bn_scale=config.frozen_bn_scale,
-                                  whiten=config.whiten)
+                                  whiten=config.whiten, sync_bn=config.sync_bn)
             # BatchNorm betas: learning rate x bias_lr_scale, weight decay / bias_lr_scale
             self.lr_scales = [config.bias_lr_scale if _is_bias(v) else 1.0
                               for v in self.model.trainable_variables]
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.step = distribute.replica_local_variable(0, "step", tf.int64)
             inner = TutorialNesterov(learning_rate=self._learning_rate,
                                      momentum=config.momentum)
             # The loss is a sum over the batch, B times a mean: start the scale B times
@@ -88,8 +114,23 @@ class Trainer:
                               if self.rt.precision == "mixed_float16" else inner)
             self.optimizer.build(self.model.trainable_variables)
             # weight averaging (EMA): a float32 shadow of every weight and BN statistic
-            self.ema_variables = ([tf.Variable(tf.cast(v, tf.float32), trainable=False)
-                                   for v in self._ema_sources()] if config.ema else [])
+            self.ema_variables = ([distribute.replica_local_variable(
+                tf.cast(v, tf.float32), "ema") for v in self._ema_sources()]
+                if config.ema else [])
+
+    def _placement(self):
+        """Where state is created: the strategy's devices, or the one chosen device."""
+        return self.strategy.scope() if self.distributed else tf.device(self.rt.device)
+
+    def _per_replica(self, make):
+        """`make(replica_id, num_replicas)` on every replica's device (plain on one)."""
+        if not self.distributed:
+            with tf.device(self.rt.device):
+                return tf.identity(make(0, 1))
+        return distribute.per_replica(self.strategy, make)
+
+    def _local(self, value):
+        return distribute.local_value(self.strategy, value) if self.distributed else value
 
     # --- schedule ---------------------------------------------------------------------
     def steps_per_epoch(self, n_train: int) -> int:
@@ -103,10 +144,9 @@ class Trainer:
 
     # --- data -------------------------------------------------------------------------
     def prepare(self, ds: Dataset) -> DeviceData:
-        """Statistics, padding and upload, once. Runs on the training device."""
-        c, p = self.config, self.config.crop_padding
-        eb = self.runtime_config.eval_batch_size
-        with tf.device(self.rt.device):
+        """Statistics, padding and upload, once, on the training device(s)."""
+        p = self.config.crop_padding
+        with tf.device(self.rt.device if not self.distributed else "/CPU:0"):
             x = tf.convert_to_tensor(ds.x_train)
             xf = tf.cast(x, tf.float32)
             mean = tf.reduce_mean(xf, axis=[0, 1, 2])
@@ -115,26 +155,33 @@ class Trainer:
             if self.rt.data_layout == "compute":
                 x = tf.cast((tf.cast(x, tf.float32) - mean) / std, self.compute_dtype)
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT") if p else x
-            m = len(ds.x_test)
-            pad_m = (-m) % eb
-            x_test = np.concatenate([ds.x_test, np.zeros((pad_m, 32, 32, 3), np.uint8)])
-            y_test = np.concatenate([ds.y_test, np.zeros(pad_m, np.int32)]).astype(np.int32)
-            w_test = np.concatenate([np.ones(m, np.float32), np.zeros(pad_m, np.float32)])
-            dd = DeviceData(tf.identity(x), tf.constant(ds.y_train, tf.int32),
-                            tf.constant(x_test), tf.constant(y_test), tf.constant(w_test),
-                            mean, std, len(ds.x_train), m)
-        return dd
+            y = tf.constant(ds.y_train, tf.int32)
+        x_test, y_test, w_test = self._test_shards(ds.x_test, ds.y_test)
+        return DeviceData(self._per_replica(lambda r, n: x), self._per_replica(lambda r, n: y),
+                          x_test, y_test, w_test, mean, std, len(ds.x_train), len(ds.x_test))
+
+    def _test_shards(self, x_test: np.ndarray, y_test: np.ndarray):
+        """Pad the test set with zero-weight images to R equal shards of whole eval
+        batches; replica r gets shard r, so every test image is counted exactly once."""
+        eb, R, m = self.runtime_config.eval_batch_size, self.replicas, len(x_test)
+        pad_m = (-m) % (eb * R)
+        x = np.concatenate([x_test, np.zeros((pad_m, 32, 32, 3), np.uint8)])
+        y = np.concatenate([y_test, np.zeros(pad_m, np.int32)]).astype(np.int32)
+        w = np.concatenate([np.ones(m, np.float32), np.zeros(pad_m, np.float32)])
+        k = len(x) // R
+        shard = lambda a: self._per_replica(lambda r, n: a[r * k:(r + 1) * k])
+        return shard(x), shard(y), shard(w)
 
     def _dummy(self, n_train: int, n_test: int) -> DeviceData:
         """Zeros of the real shapes and dtypes: compiles exactly what real data will run."""
-        p, eb = self.config.crop_padding, self.runtime_config.eval_batch_size
+        p = self.config.crop_padding
         dtype = tf.uint8 if self.rt.data_layout == "uint8" else self.compute_dtype
-        m = n_test + (-n_test) % eb
-        with tf.device(self.rt.device):
-            return DeviceData(tf.zeros([n_train, 32 + 2 * p, 32 + 2 * p, 3], dtype),
-                              tf.zeros([n_train], tf.int32), tf.zeros([m, 32, 32, 3], tf.uint8),
-                              tf.zeros([m], tf.int32), tf.ones([m]), tf.zeros([3]),
-                              tf.ones([3]), n_train, n_test)
+        x_test, y_test, w_test = self._test_shards(np.zeros((n_test, 32, 32, 3), np.uint8),
+                                                   np.zeros(n_test, np.int32))
+        return DeviceData(
+            self._per_replica(lambda r, n: tf.zeros([n_train, 32 + 2 * p, 32 + 2 * p, 3], dtype)),
+            self._per_replica(lambda r, n: tf.zeros([n_train], tf.int32)),
+            x_test, y_test, w_test, tf.zeros([3]), tf.ones([3]), n_train, n_test)
 
     def _normalise(self, x, mean, std):
         if x.dtype == tf.uint8:
@@ -151,15 +198,28 @@ class Trainer:
             raise ConfigError(f"invalid batch_size={c.batch_size}: larger than the "
                               f"{n_train} training images; lower --batch-size")
         self._n_train, self._steps_per_epoch = n_train, spe
-        with tf.device(self.rt.device):
-            self.table = tf.Variable(tf.zeros([n_train, augment.TABLE_COLUMNS]),
-                                     trainable=False, name="aug_table")
-            self.perm = tf.Variable(tf.zeros([n_train], tf.int64), trainable=False, name="perm")
-        self._train_fn = tf.function(self._train_loop, jit_compile=self.rt.xla)
-        self._eval_fn = tf.function(self._eval_loop, jit_compile=self.rt.xla)
+        with self._placement():
+            self.table = distribute.replica_local_variable(
+                tf.zeros([n_train, augment.TABLE_COLUMNS]), "aug_table")
+            self.perm = distribute.replica_local_variable(
+                tf.zeros([n_train], tf.int64), "perm")
+        # One device: XLA compiles the whole multi-step loop. Several: it compiles each
+        # replica's step (all-reduces included, GPUs only) inside a plain loop.
+        xla_loop = self.rt.xla and not self.distributed
+        xla_replica = self.rt.xla and self.distributed
+        self._replica_train = (tf.function(self._train_step, jit_compile=True) if xla_replica
+                               else self._train_step)
+        self._replica_eval = (tf.function(self._eval_shard, jit_compile=True) if xla_replica
+                              else self._eval_shard)
+        self._train_fn = tf.function(self._train_loop, jit_compile=xla_loop)
+        self._eval_fn = tf.function(self._eval_loop, jit_compile=xla_loop)
 
     def _train_step(self, x_all, y_all, mean, std):
+        """One replica's share of one global step (the whole step on one device)."""
         c, B = self.config, self.config.batch_size
+        ctx = tf.distribute.get_replica_context()
+        R = ctx.num_replicas_in_sync
+        b = B // R
         spe = self._steps_per_epoch
         epoch, k = self.step // spe, self.step % spe
 
@@ -170,7 +230,8 @@ class Trainer:
             return tf.constant(0)
 
         tf.cond(tf.equal(k, 0), new_epoch, lambda: tf.constant(0))
-        idx = tf.slice(self.perm, tf.reshape(k * B, [1]), [B])
+        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+        idx = tf.slice(self.perm, tf.reshape(k * B + rid * b, [1]), [b])
         u = tf.gather(self.table, idx)
         xb = augment.augment(tf.gather(x_all, idx), u, c.crop_padding, c.flip, c.cutout)
         xb = augment.apply_cutout(self._normalise(xb, mean, std), u, c.cutout)
@@ -179,10 +240,13 @@ class Trainer:
         with tf.GradientTape() as tape:
             logits = self.model(xb, training=True)
             ce = tf.reduce_sum(cross_entropy(yb, logits, c.label_smoothing))
-            loss = ce + l2_penalty(variables, c.weight_decay, B, self.lr_scales)
+            # every replica adds 1/R of the penalty: the summed gradient has it once
+            loss = ce + l2_penalty(variables, c.weight_decay, B, self.lr_scales) / R
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
+        if R > 1 and isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = _agree_on_overflow(ctx, grads)
         if c.bias_lr_scale != 1.0:  # momentum SGD is linear in g: this scales the lr
             grads = [g * k if k != 1.0 else g for g, k in zip(grads, self.lr_scales)]
         self.optimizer.apply_gradients(zip(grads, variables))
@@ -196,18 +260,31 @@ class Trainer:
                 e.assign(d * e + (1.0 - d) * tf.cast(v, e.dtype))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), yb),
                                         tf.float32))
-        return ce, correct
+        return tf.stack([ce, correct])
 
     def _train_loop(self, x_all, y_all, mean, std, n_steps):
         loss_sum = tf.constant(0.0)
         correct = tf.constant(0.0)
         for _ in tf.range(n_steps):
-            ce, corr = self._train_step(x_all, y_all, mean, std)
-            loss_sum += ce
-            correct += corr
+            out = self._sum_over_replicas(
+                self.strategy.run(self._replica_train, args=(x_all, y_all, mean, std)))
+            loss_sum += out[0]
+            correct += out[1]
         return loss_sum, correct
 
+    def _sum_over_replicas(self, value):
+        """One all-reduce of a small vector of per-replica sums."""
+        if not self.distributed:
+            return value
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
     def _eval_loop(self, x, y, w, mean, std):
+        out = self._sum_over_replicas(
+            self.strategy.run(self._replica_eval, args=(x, y, w, mean, std)))
+        return out[0], out[1], out[2]
+
+    def _eval_shard(self, x, y, w, mean, std):
+        """Sums of loss, hits and weights over this replica's shard of the test set."""
         eb = self.runtime_config.eval_batch_size
         nb = x.shape[0] // eb
         x = tf.reshape(x, [nb, eb] + list(x.shape[1:]))
@@ -220,7 +297,7 @@ class Trainer:
             loss_sum += tf.reduce_sum(ce * w[i])
             correct += tf.reduce_sum(hit * w[i])
             count += tf.reduce_sum(w[i])
-        return loss_sum, correct, count
+        return tf.stack([loss_sum, correct, count])
 
     def tta_logits(self, x):
         """Mean logits over the test-time views: the image, its mirror, and with
@@ -268,6 +345,7 @@ class Trainer:
         ev = self._eval_fn(dummy.x_test, dummy.y_test, dummy.w_test, dummy.mean, dummy.std)
         float(out[0].numpy()) + float(ev[0].numpy())
         self.compile_seconds = time.perf_counter() - t0
+        cluster.heartbeat()
         self.restore(snap)
         self._compiled_key = key
         return self.compile_seconds
@@ -283,7 +361,7 @@ class Trainer:
         from .model import fit_whitening
 
         p = self.config.crop_padding
-        x = dd.x_train[:n_images]
+        x = self._local(dd.x_train)[:n_images]
         x = x[:, p:x.shape[1] - p, p:x.shape[2] - p] if p else x
         fit_whitening(self.model, tf.cast(self._normalise(x, dd.mean, dd.std), tf.float32))
 
@@ -329,7 +407,8 @@ class Trainer:
         dd = self.prepare(ds)
         if c.whiten:  # fitted on the device from training images: counted as training time
             self.fit_whitening(dd)
-        float(dd.mean[0].numpy())  # the upload is done before the clock reads
+        for x in self.strategy.experimental_local_results(dd.x_train):
+            x[0, 0, 0, 0].numpy()  # every upload is done before the clock reads
         prep = time.perf_counter() - t0
         spe = self.steps_per_epoch(dd.n_train)
         spc = self.runtime_config.steps_per_call
@@ -352,6 +431,7 @@ class Trainer:
                     correct += float(cr.numpy())
                     done += n
                     bar.update(n)
+                    cluster.heartbeat()
             if w is not None:
                 windows.append(w)
             dt = time.perf_counter() - t_epoch
@@ -359,6 +439,7 @@ class Trainer:
             elapsed += dt
             train_only += dt
             ev = self.evaluate_prepared(dd)
+            cluster.heartbeat()
             images = spe * c.batch_size
             row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": correct / images,
                    "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
@@ -395,15 +476,31 @@ class Trainer:
                 raise RuntimeError("predict needs the training statistics: call fit() first "
                                    "or pass mean and std")
             mean, std = dd.mean, dd.std
-        with tf.device(self.rt.device):
-            x = self._normalise(tf.constant(images), tf.constant(mean, tf.float32),
-                                tf.constant(std, tf.float32))
-            return self.model.predict_on_batch(x) if len(images) <= 4096 else \
-                self.model.predict(x, batch_size=1000, verbose=0)
+        if self._predict_fn is None:  # own function: Keras' predict would split the batch
+            self._predict_fn = tf.function(lambda x: self.model(x, training=False))
+        out = []
+        with tf.device(self.rt.device if not self.distributed else
+                       distribute.replica_devices(self.strategy)[0]):
+            for i in range(0, len(images), 1000):
+                x = self._normalise(tf.constant(images[i:i + 1000]),
+                                    tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
+                out.append(self._predict_fn(x).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
     def save(self, path: str) -> None:
         """`.keras` file, written to a temporary name first so no half file is left."""
         save_model(self.model, path)
+
+
+def _agree_on_overflow(ctx, grads):
+    """Loss scaling skips a step whose gradients overflowed. Keras decides that from the
+    first replica's gradients before they are summed; make every replica see an overflow
+    if any replica had one, so all skip (and halve the scale) together."""
+    bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                    for g in grads if g is not None])
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    poison = tf.where(bad > 0, tf.constant(float("nan")), tf.constant(1.0))
+    return [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
 
 
 def _is_bias(v) -> bool:

@@ -1,0 +1,199 @@
+"""Multi-worker plumbing that must work without TensorFlow: reading `TF_CONFIG`, and the
+supervisor that keeps a worker from waiting forever.
+
+TensorFlow's `MultiWorkerMirroredStrategy` blocks inside its constructor, holding the
+Python lock and ignoring SIGTERM, until every peer has joined: no thread or signal in the
+worker can end that wait. So the command line runs a multi-worker job as a child process
+and watches it from outside: the child reports progress on a pipe (`heartbeat`), and a
+child that reports nothing for `timeout` seconds is killed and turned into a one-line
+error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import ConfigError
+
+HEARTBEAT_ENV = "FASTCIFAR_HEARTBEAT_FD"
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+@dataclass(frozen=True)
+class Cluster:
+    workers: tuple     # "host:port" of every worker, chief first when there is one
+    task_type: str     # "worker" or "chief"
+    task_index: int
+    rank: int          # position in `workers`
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def peers(self) -> tuple:
+        return tuple(a for i, a in enumerate(self.workers) if i != self.rank)
+
+
+def parse_tf_config(text: Optional[str]) -> Cluster:
+    """Validate `TF_CONFIG` as TensorFlow reads it, with errors that say what to write."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"invalid TF_CONFIG: {why}; expected e.g. {TF_CONFIG_EXAMPLE}")
+
+    if not text or not text.strip():
+        raise ConfigError("strategy 'multiworker' needs the TF_CONFIG environment variable; "
+                          f"set it on every worker, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'")
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"not JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict):
+        raise bad("no 'cluster' object")
+    cluster, task = cfg["cluster"], cfg.get("task")
+    unknown = set(cluster) - {"chief", "worker"}
+    if unknown:
+        raise bad(f"cluster job(s) {sorted(unknown)} are not used by MultiWorkerMirroredStrategy")
+    jobs = {}
+    for job in ("chief", "worker"):
+        addrs = cluster.get(job, [])
+        if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
+            raise bad(f"cluster.{job} must be a list of 'host:port' strings")
+        for a in addrs:
+            host, _, port = a.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise bad(f"address {a!r} is not 'host:port'")
+        jobs[job] = addrs
+    if len(jobs["chief"]) > 1:
+        raise bad("at most one chief")
+    workers = tuple(jobs["chief"] + jobs["worker"])
+    if not workers:
+        raise bad("the cluster lists no workers")
+    if len(set(workers)) != len(workers):
+        raise bad("an address appears twice")
+    if not isinstance(task, dict) or task.get("type") not in jobs or not jobs[task["type"]]:
+        raise bad("'task.type' must name a job of the cluster ('worker' or 'chief')")
+    index = task.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not \
+            0 <= index < len(jobs[task["type"]]):
+        raise bad(f"'task.index' must be an integer in [0, {len(jobs[task['type']])})")
+    rank = index if task["type"] == "chief" else len(jobs["chief"]) + index
+    return Cluster(workers, task["type"], index, rank)
+
+
+def heartbeat(event: str = "tick") -> None:
+    """Tell a supervising parent that this process made progress (no-op without one)."""
+    fd = os.environ.get(HEARTBEAT_ENV)
+    if not fd:
+        return
+    try:
+        os.write(int(fd), (event.replace("\n", " ") + "\n").encode())
+    except (OSError, ValueError):
+        pass
+
+
+def unreachable(addresses, timeout: float = 1.0) -> list:
+    """The addresses nothing accepts a TCP connection on (a peer that is not running)."""
+    out = []
+    for a in addresses:
+        host, _, port = a.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        except OSError:
+            out.append(a)
+    return out
+
+
+class SupervisorError(RuntimeError):
+    """The supervised worker stalled; the message is the one line to show."""
+
+
+def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0) -> int:
+    """Run `python -m fastcifar <argv>` as a child and return its exit code.
+
+    Deadlines: `timeout` seconds from start until the child says "ready" (every peer
+    joined), then `timeout` seconds between any two heartbeats. After "done" the child gets
+    `grace` seconds to exit. A missed deadline kills the child's process group and raises
+    SupervisorError naming the likely cause."""
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, **{HEARTBEAT_ENV: str(write_fd)})
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar", *argv], env=env,
+                            pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    sel = selectors.DefaultSelector()
+    sel.register(read_fd, selectors.EVENT_READ)
+    phase, deadline, buf = "start", time.monotonic() + timeout, b""
+    t_start = time.monotonic()
+    try:
+        while True:
+            wait = max(deadline - time.monotonic(), 0.0)
+            if not sel.select(timeout=min(wait, 0.5)):
+                if proc.poll() is not None:
+                    return _exit_code(proc.returncode)
+                if time.monotonic() < deadline:
+                    continue
+                _kill(proc)
+                if phase == "done":
+                    return 0
+                raise SupervisorError(_stall_message(phase, cluster, timeout,
+                                                     time.monotonic() - t_start))
+            chunk = os.read(read_fd, 4096)
+            if not chunk:  # the child closed its end: it is exiting
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    _kill(proc)
+                    return 0 if phase == "done" else 1
+                return _exit_code(proc.returncode)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                event = line.decode(errors="replace").strip()
+                if event in ("ready", "done"):
+                    phase = event
+            deadline = time.monotonic() + (grace if phase == "done" else timeout)
+    except KeyboardInterrupt:
+        _kill(proc)
+        raise
+    finally:
+        sel.close()
+        os.close(read_fd)
+        if proc.poll() is None:
+            _kill(proc)
+
+
+def _exit_code(rc: int) -> int:
+    return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128 + N, as a shell says
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _stall_message(phase: str, cluster: Cluster, timeout: float, elapsed: float) -> str:
+    down = unreachable(cluster.peers)
+    who = (f"nothing answers at {', '.join(down)}" if down
+           else "every peer address accepts connections")
+    if phase == "start":
+        return (f"multiworker start-up timed out after {elapsed:.0f} s waiting for the other "
+                f"workers of TF_CONFIG ({who}): start the same command on every worker, "
+                f"check the addresses, or raise --peer-timeout")
+    return (f"multiworker run stalled: no progress for {timeout:.0f} s ({who}); a worker "
+            f"stopped or hung: check every worker's log, or raise --peer-timeout if one "
+            f"compiled call takes longer")
