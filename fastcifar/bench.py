@@ -136,7 +136,7 @@ def step_benchmark(cfg, rt_config, ds, steps: int, reps: int, monitor=None,
         "peak_flops_per_sec": peak["flops_per_sec"],
         "fraction_of_peak": achieved / peak["flops_per_sec"],
         "peak_memory_bytes": peak_memory_bytes(tr.rt.device),
-        "runtime": tr.rt.to_dict(),
+        "runtime": tr.describe_runtime(),
     }
     if monitor is not None:
         from .monitor import headline

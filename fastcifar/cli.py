@@ -74,7 +74,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-layout", default="auto", help="auto, uint8 or compute")
     p.add_argument("--device", default=None, help="e.g. /GPU:1 (default: first GPU, else CPU)")
     p.add_argument("--deterministic", action="store_true", help="turn on op determinism")
-    p.add_argument("--json", metavar="PATH", help="write the result JSON here")
+    p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"),
+                   help="auto: one device; mirrored: every local GPU (or --replicas logical "
+                        "CPU devices); multiworker: the cluster in TF_CONFIG")
+    p.add_argument("--replicas", type=int, help="mirrored: how many local devices "
+                   "(default: every GPU; on a CPU-only machine, the CPU split in N)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm statistics over the global batch (default: per replica)")
+    p.add_argument("--peer-timeout", type=float, default=120.0, metavar="S",
+                   help="multiworker: seconds to wait for every worker to join, and for any "
+                        "step to make progress, before failing (default 120)")
+    p.add_argument("--json", metavar="PATH", help="write the result JSON here (multiworker: "
+                   "worker i > 0 writes PATH.worker<i>.json)")
     p.add_argument("--save", metavar="PATH.keras", help="save the trained model")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.add_argument("--profile", metavar="DIR", help="TensorFlow profiler trace of two "
@@ -140,35 +151,76 @@ def _configs(args):
                  label_smoothing=args.label_smoothing, ema=args.ema, tta=args.tta,
                  alternating_flip=args.alternating_flip, activation=args.activation,
                  whiten=args.whiten, frozen_bn_scale=args.frozen_bn_scale,
-                 bias_lr_scale=args.bias_lr_scale)
+                 bias_lr_scale=args.bias_lr_scale, strategy=args.strategy,
+                 replicas=args.replicas, sync_bn=args.sync_bn)
     rt = RuntimeConfig(precision=args.precision, xla=args.xla,
                        steps_per_call=args.steps_per_call, deterministic=args.deterministic,
-                       data_layout=args.data_layout, device=args.device).validate()
+                       data_layout=args.data_layout, device=args.device,
+                       peer_timeout=args.peer_timeout).validate()
     return cfg, rt
 
 
+def _worker_path(path, cluster):
+    """Worker 0 writes PATH; worker i writes PATH.worker<i>.json (one shared disk is safe)."""
+    if path is None or cluster is None or cluster.is_chief:
+        return path
+    stem = path[:-5] if path.endswith(".json") else path
+    return f"{stem}.worker{cluster.rank}.json"
+
+
+def _supervised_train(args, rt) -> int:
+    """Run this same command as a watched child (see fastcifar.cluster)."""
+    from . import cluster as cl
+
+    info = cl.parse_tf_config(os.environ.get("TF_CONFIG"))
+    try:
+        return cl.supervise(args.argv, info, rt.peer_timeout)
+    except cl.SupervisorError as e:
+        from .config import ConfigError
+
+        raise ConfigError(str(e)) from None
+
+
 def cmd_train(args) -> int:
+    from . import cluster as cl
     from . import results
 
     cfg, rt = _configs(args)
-    if args.json:
-        results.check_writable(args.json)
-    if args.save:
-        results.check_writable(args.save, suffix=".keras")
+    info = native_log = None
+    if cfg.strategy == "multiworker":
+        info = cl.parse_tf_config(os.environ.get("TF_CONFIG"))
+        if cl.HEARTBEAT_ENV not in os.environ:
+            return _supervised_train(args, rt)
+        native_log = cl.redirect_native_stderr(info.rank)
+    json_path = _worker_path(args.json, info)
+    if json_path:
+        results.check_writable(json_path)
+    save_path = args.save if info is None or info.is_chief else None
+    if save_path:
+        results.check_writable(save_path, suffix=".keras")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     _import_tf_quietly()
-    from . import data as data_mod
-
-    ds = data_mod.load(args.data, quiet=args.quiet)
+    from . import distribute
     from .runtime import environment
     from .train import Trainer
 
-    trainer = Trainer(cfg, rt)
-    say = (lambda *a: None) if args.quiet else print
+    # before anything initialises TensorFlow (loading image folders decodes with it)
+    strategy = distribute.make_strategy(cfg, rt)
+    from . import data as data_mod
+
+    ds = data_mod.load(args.data, quiet=args.quiet)
+    cl.heartbeat()
+    trainer = Trainer(cfg, rt, strategy=strategy)
+    quiet = args.quiet or (info is not None and not info.is_chief)
+    say = (lambda *a: None) if quiet else print
+    where = (f"{trainer.replicas} replicas ({cfg.strategy}"
+             + (f", worker {info.rank} of {len(info.workers)}" if info else "")
+             + f", sync BN {'on' if cfg.sync_bn else 'off'})" if trainer.distributed
+             else f"{trainer.rt.device}")
     say(f"fastcifar train: recipe {cfg.recipe}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
         f"width {cfg.width}, {trainer.rt.precision}, XLA {'on' if trainer.rt.xla else 'off'} "
-        f"on {trainer.rt.device} ({trainer.rt.device_name}); data {ds.name} "
+        f"on {where} ({trainer.rt.device_name}); data {ds.name} "
         f"({len(ds.x_train)} train / {len(ds.x_test)} test)")
     header = (f"{'epoch':>5} {'lr':>7} {'train loss':>10} {'train acc':>9} {'test loss':>9} "
               f"{'test acc':>8} {'seconds':>8} {'img/s':>7}")
@@ -188,15 +240,19 @@ def cmd_train(args) -> int:
     else:
         mon = Monitor(interval=0.1, source="cpu")
     with mon:
-        res = trainer.fit(ds, quiet=args.quiet, on_epoch=on_epoch, monitor=mon)
+        res = _fit_reporting_peers(trainer, ds, quiet, on_epoch, mon, native_log)
     stt = res.seconds_to_target
+    checksum = distribute.weights_checksum(trainer.model)
     say(f"final test accuracy {res.final_test_acc:.4f}; "
         + (f"target {cfg.target:.2%} reached at {stt:.1f} s" if stt is not None
            else f"target {cfg.target:.2%} not reached" if cfg.target else "no target")
         + f"; {res.images_per_sec:.0f} img/s steady state; compile {res.compile_seconds:.1f} s"
         + " (not timed)")
-    if args.save:
-        trainer.save(args.save)
+    if trainer.distributed:
+        print(f"worker {info.rank if info else 0}: final weights checksum {checksum}",
+              flush=True)
+    if save_path:
+        trainer.save(save_path)
     if args.profile:
         from .bench import profile_steps
 
@@ -210,15 +266,38 @@ def cmd_train(args) -> int:
                    "compile_seconds": res.compile_seconds,
                    "steps_per_epoch": res.steps_per_epoch,
                    "peak_memory_bytes": peak_memory_bytes(trainer.rt.device),
-                   "utilization": headline(res.utilization)}
-        obj = results.build("train", cfg.to_dict(), trainer.rt.to_dict(), environment(),
+                   "utilization": headline(res.utilization),
+                   "weights_checksum": checksum}
+        obj = results.build("train", cfg.to_dict(), trainer.describe_runtime(), environment(),
                             ds.identity(), metrics, res.history,
                             utilization=res.utilization,
                             timing="seconds: data preparation (statistics, padding, upload) "
                                    "plus training; excludes compilation (done first on dummy "
                                    "data, state restored) and per-epoch evaluation")
-        results.write_json(args.json, obj)
+        results.write_json(json_path, obj)
+    cl.heartbeat("done")
     return 0
+
+
+def _fit_reporting_peers(trainer, ds, quiet, on_epoch, monitor, native_log=None):
+    """fit(); a lost multiworker peer (TensorFlow aborts the collectives) is one line."""
+    import tensorflow as tf
+
+    from .config import ConfigError
+
+    try:
+        return trainer.fit(ds, quiet=quiet, on_epoch=on_epoch, monitor=monitor)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError) as e:
+        if not trainer.distributed:
+            raise
+        first = next((l.strip() for l in str(e.message).splitlines()
+                      if "unhealthy" in l or "abort" in l.lower() or "deadline" in l.lower()),
+                     str(e.message).splitlines()[0] if e.message else type(e).__name__)
+        raise ConfigError(f"lost contact with a worker peer ({type(e).__name__}: {first}); "
+                          f"check every worker's log and restart all of them"
+                          + (f" (TensorFlow's log: {native_log})" if native_log else "")
+                          ) from None
 
 
 def cmd_info(args) -> int:
@@ -428,7 +507,7 @@ def _bench_accuracy(args, cfg, rt) -> int:
         say(f"run {i + 1}/{args.runs} (seed {c.seed}): final {res.final_test_acc:.4f}, "
             + (f"target {c.target:.2%} at {stt:.1f} s" if stt is not None
                else f"target {c.target:.2%} not reached"))
-        rt_dict = tr.rt.to_dict()
+        rt_dict = tr.describe_runtime()
     accs = [r["final_test_acc"] for r in runs]
     reached = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
     metrics = {
@@ -513,8 +592,10 @@ def main(argv=None) -> int:
     from .data import DataError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # a supervised child re-runs the same command
         if not args.command:
             parser.print_help()
             return EXIT_USAGE

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -101,6 +102,25 @@ def heartbeat(event: str = "tick") -> None:
         pass
 
 
+def native_log_path(rank: int, supervisor_pid: int) -> str:
+    return os.path.join(tempfile.gettempdir(), f"fastcifar-worker{rank}-{supervisor_pid}.log")
+
+
+def redirect_native_stderr(rank: int) -> str:
+    """In a supervised worker, send what TensorFlow's C++ runtime writes to fd 2 (gRPC and
+    collective chatter, many lines per lost peer) to a log file; Python's own stderr (the
+    one-line error, progress bars, tracebacks) keeps the terminal. Returns the log path."""
+    path = native_log_path(rank, os.getppid())
+    if os.environ.get("FASTCIFAR_TF_LOGS") == "1":
+        return path
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    return path
+
+
 def unreachable(addresses, timeout: float = 1.0) -> list:
     """The addresses nothing accepts a TCP connection on (a peer that is not running)."""
     out = []
@@ -118,7 +138,7 @@ class SupervisorError(RuntimeError):
 
 
 def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0) -> int:
-    """Run `python -m fastcifar <argv>` as a child and return its exit code.
+    """Run `python -m fastcifar.cli <argv>` as a child and return its exit code.
 
     Deadlines: `timeout` seconds from start until the child says "ready" (every peer
     joined), then `timeout` seconds between any two heartbeats. After "done" the child gets
@@ -126,8 +146,9 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
     SupervisorError naming the likely cause."""
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{HEARTBEAT_ENV: str(write_fd)})
-    proc = subprocess.Popen([sys.executable, "-m", "fastcifar", *argv], env=env,
-                            pass_fds=(write_fd,), start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "fastcifar.cli", *argv], env=env,
+                            pass_fds=(write_fd,), start_new_session=True,
+                            preexec_fn=_die_with_parent)
     os.close(write_fd)
     sel = selectors.DefaultSelector()
     sel.register(read_fd, selectors.EVENT_READ)
@@ -144,8 +165,9 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
                 _kill(proc)
                 if phase == "done":
                     return 0
-                raise SupervisorError(_stall_message(phase, cluster, timeout,
-                                                     time.monotonic() - t_start))
+                raise SupervisorError(
+                    _stall_message(phase, cluster, timeout, time.monotonic() - t_start)
+                    + f" (TensorFlow's log: {native_log_path(cluster.rank, os.getpid())})")
             chunk = os.read(read_fd, 4096)
             if not chunk:  # the child closed its end: it is exiting
                 try:
@@ -169,6 +191,16 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
         os.close(read_fd)
         if proc.poll() is None:
             _kill(proc)
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker is killed if its supervisor dies (else it would run on alone)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _exit_code(rc: int) -> int:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from .cluster import parse_tf_config
+from .cluster import heartbeat, parse_tf_config
 from .config import ConfigError, RuntimeConfig, TrainConfig
 
 
@@ -64,9 +64,13 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
         raise ConfigError(f"invalid replicas={config.replicas}: a CPU-only worker runs one "
                           "replica under 'multiworker'; drop --replicas or use 'mirrored'")
     del cluster  # validated above; TensorFlow reads TF_CONFIG itself
+    # A bounded wait per collective: a peer that stops mid-run becomes an error here too
+    # (TensorFlow's own heartbeats usually report it sooner).
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=float(runtime.peer_timeout))
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    heartbeat("ready")  # every peer joined: the supervisor's start-up deadline is met
+    return strategy
 
 
 def is_distributed(strategy: tf.distribute.Strategy) -> bool:

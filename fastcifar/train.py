@@ -76,7 +76,6 @@ class Trainer:
         self.strategy = strategy or distribute.make_strategy(config, runtime)
         self.distributed = distribute.is_distributed(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
-        cluster.heartbeat("ready")
         self.rt: Resolved = resolve(runtime)
         if config.batch_size % self.replicas:
             raise ConfigError(f"invalid batch_size={config.batch_size}: it does not split "
@@ -131,6 +130,14 @@ class Trainer:
 
     def _local(self, value):
         return distribute.local_value(self.strategy, value) if self.distributed else value
+
+    def describe_runtime(self) -> dict:
+        """The resolved runtime plus how the work is spread, for result files."""
+        d = self.rt.to_dict()
+        d.update(strategy=self.config.strategy, replicas=self.replicas,
+                 replica_devices=(distribute.replica_devices(self.strategy)
+                                  if self.distributed else [self.rt.device]))
+        return d
 
     # --- schedule ---------------------------------------------------------------------
     def steps_per_epoch(self, n_train: int) -> int:
@@ -423,7 +430,7 @@ class Trainer:
             done = 0
             window = (monitor.window(f"epoch {epoch}") if monitor is not None
                       else contextlib.nullcontext())
-            with window as w:
+            with window as w, bar:  # the bar is cleared even when a step raises
                 while done < spe:
                     n = min(spc, spe - done)
                     ls, cr = self.train_steps(dd, n)
@@ -435,7 +442,6 @@ class Trainer:
             if w is not None:
                 windows.append(w)
             dt = time.perf_counter() - t_epoch
-            bar.close()
             elapsed += dt
             train_only += dt
             ev = self.evaluate_prepared(dd)
