@@ -543,6 +543,12 @@ def cmd_doctor(args) -> int:
     if args.json:
         results.check_writable(args.json)
     _import_tf_quietly()
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        from .distribute import split_cpu
+
+        split_cpu(2)  # for the data-parallel check; before TensorFlow initialises
     rt = resolve(RuntimeConfig())
     print(f"fastcifar doctor on {rt.device} ({rt.device_name}); auto = {rt.precision}, "
           f"XLA {'on' if rt.xla else 'off'}")

@@ -3,7 +3,9 @@
 On a GPU: float16 training with an injected overflow (step skipped, scale halved, step
 counter still advancing), the XLA-compiled step against the uncompiled one on the same
 batch, the monitor's NVML device matched to the TensorFlow device by PCI bus id, and the
-achieved fraction of the conv peak. On a CPU: the same checks that apply.
+achieved fraction of the conv peak, and the data-parallel step (`mirrored` over every GPU,
+with XLA when there are two or more: the path CI cannot run) against one device. On a CPU:
+the same checks that apply, the data-parallel one over two logical CPU devices.
 """
 
 from __future__ import annotations
@@ -118,9 +120,39 @@ def run_checks(device_kind: str) -> list:
                           f"({r['images_per_sec']:.0f} img/s, {r['runtime']['precision']}, "
                           f"XLA {'on' if r['runtime']['xla'] else 'off'})")
 
+    def data_parallel():
+        import tensorflow as tf
+
+        from .config import RuntimeConfig, TrainConfig
+        from .train import Trainer
+
+        n_gpu = len(tf.config.list_physical_devices("GPU"))
+        replicas = n_gpu if n_gpu >= 2 else 2
+        if n_gpu == 1:
+            return True, "skipped: one GPU (the mirrored step needs two or more devices)"
+        xla = n_gpu >= 2
+        rt = RuntimeConfig(precision="float32", xla=xla, steps_per_call=3, eval_batch_size=50)
+        big = synthetic(4 * 64 * replicas, 50, learnable=True)
+        moved = {}
+        for strategy in ("auto", "mirrored"):
+            cfg = TrainConfig(width=8, epochs=2, batch_size=64 * replicas, dropout=0.0,
+                              sync_bn=True, strategy=strategy,
+                              replicas=replicas if strategy == "mirrored" else 0)
+            tr = Trainer(cfg, rt)
+            w0 = [v.numpy() for v in tr.model.trainable_variables]
+            tr.train_steps(tr.prepare(big), 3)
+            moved[strategy] = [v.numpy() for v in tr.model.trainable_variables]
+        num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(moved["auto"], moved["mirrored"])))
+        den = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(moved["auto"], w0)))
+        where = f"{replicas} GPUs, XLA on" if n_gpu >= 2 else "2 logical CPU devices, XLA off"
+        # float noise, amplified by max-pool routing, stays ~1e-4; per-replica BN gives ~1e-1
+        return num / den < 1e-2, (f"mirrored ({where}, sync BN) vs one device after 3 steps: "
+                                  f"weights differ by {num / den:.1e} of the distance moved")
+
     results.append(_check("float16 overflow: step skipped, scale halved", overflow))
     results.append(_check("XLA step computes the same loss", xla_matches))
     results.append(_check("mixed precision computes the same loss", mixed_matches))
     results.append(_check("monitor: NVML device = TF device (PCI bus id)", nvml_mapping))
     results.append(_check("achieved fraction of peak", fraction_of_peak))
+    results.append(_check("data-parallel step = one-device step", data_parallel))
     return results

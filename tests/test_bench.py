@@ -216,8 +216,9 @@ def test_doctor_passes_on_this_machine(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     r = json.loads((tmp_path / "doctor.json").read_text())
     names = [c["check"] for c in r["checks"]]
-    assert len(names) == 5 and all(c["status"] == "pass" for c in r["checks"])
+    assert len(names) == 6 and all(c["status"] == "pass" for c in r["checks"])
     assert "scale 2^40 -> 2^39" in r["checks"][0]["detail"]
+    assert "2 logical CPU devices" in r["checks"][5]["detail"]
 
 
 def test_ctrl_c_during_a_benchmark_leaves_no_result_file(tmp_path):

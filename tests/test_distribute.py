@@ -65,7 +65,8 @@ def test_two_replicas_with_sync_bn_match_one_device(runs):
     assert two[0].replicas == 2 and one[0].replicas == 1
     start = one[1]
     assert all(np.array_equal(a, b) for a, b in zip(start, two[1]))  # same initial weights
-    assert _moved(_weights(one[0]), _weights(two[0]), start) < 1e-3
+    # measured ~2e-4 here: float rounding of the split sums, amplified by max-pool routing
+    assert _moved(_weights(one[0]), _weights(two[0]), start) < 1e-2
     stats = lambda tr: [v.numpy() for v in tr.model.weights if "moving" in v.path]
     for a, b in zip(stats(one[0]), stats(two[0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -79,7 +80,7 @@ def test_per_replica_batchnorm_is_a_different_computation(runs):
     """Without sync BN each replica normalises its 256 images by their own statistics:
     a different function of the batch (the README says why), so weights move apart."""
     one, local = runs["one"], runs["two_local"]
-    assert _moved(_weights(one[0]), _weights(local[0]), one[1]) > 1e-2
+    assert _moved(_weights(one[0]), _weights(local[0]), one[1]) > 5e-2  # measured ~0.2
 
 
 def test_replica_copies_agree(runs):
