@@ -68,9 +68,9 @@ def main():
     p.add_argument("--data", default="synthetic:8192")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=";".join(VARIANTS), help="names joined by ;")
     a = p.parse_args()
-    names = [v.strip() for v in a.variants.split(",")]
+    names = [v.strip() for v in a.variants.split(";")]
     common = ["--data", a.data, "--width", str(a.width), "--batch-size", str(a.batch_size),
               "--epochs", str(a.epochs)]
     speeds = {n: [] for n in names}

@@ -80,17 +80,20 @@ class BatchNorm(layers.BatchNormalization):
         and, like the fused kernel, the unbiased batch variance."""
         import tensorflow as tf
 
-        axes = [0, 1, 2]
         # every replica holds an equal share of the global batch (the trainer checks)
         n = float(x.shape[0] * x.shape[1] * x.shape[2] * ctx.num_replicas_in_sync)
-        x64 = tf.cast(x, tf.float64)
-        s = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x64, axes))
-        ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x64), axes))
+        # per-image sums in float32 (the same for an image whichever replica holds it),
+        # then summed over images and replicas in float64
+        xf = tf.cast(x, tf.float32)
+        per_image = lambda t: tf.cast(tf.reduce_sum(t, [1, 2]), tf.float64)
+        s = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(per_image(xf), 0))
+        ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                            tf.reduce_sum(per_image(tf.square(xf)), 0))
         mean64 = s / n
         var = tf.cast(tf.maximum(ss / n - tf.square(mean64), 0.0), tf.float32)
         mean = tf.cast(mean64, tf.float32)
         eps = max(self.epsilon, self.MIN_EPSILON)
-        y = tf.nn.batch_normalization(tf.cast(x, tf.float32), mean, var, beta, gamma, eps)
+        y = tf.nn.batch_normalization(xf, mean, var, beta, gamma, eps)
         return tf.cast(y, x.dtype), mean, var * (n / max(n - 1.0, 1.0))
 
 
