@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,28 +27,17 @@ VARIANTS = {
 }
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def run_variant(extra, common, out_dir, name):
     cmd = [sys.executable, "-m", "fastcifar.cli", "train", *common, *extra, "--quiet"]
     path = os.path.join(out_dir, f"{name}.json")
     env = dict(os.environ)
     if "multiworker" in extra:
-        ports = _free_ports(2)
-        procs = []
-        for i in range(2):
-            env_i = dict(env, TF_CONFIG=json.dumps(
-                {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                 "task": {"type": "worker", "index": i}}))
-            procs.append(subprocess.Popen(cmd + ["--json", path], env=env_i))
+        from fastcifar.cluster import free_local_addresses, tf_config
+
+        workers = free_local_addresses(2)
+        procs = [subprocess.Popen(cmd + ["--json", path],
+                                  env=dict(env, TF_CONFIG=tf_config(workers, i)))
+                 for i in range(2)]
         codes = [p.wait() for p in procs]
     else:
         env.pop("TF_CONFIG", None)

@@ -412,6 +412,7 @@ def _bench_ablate(args, cfg, rt) -> int:
 def _bench_step(args, cfg, rt, sizes) -> int:
     from . import bench, results
     from . import data as data_mod
+    from .config import ConfigError
     from .monitor import Monitor
     from .runtime import environment
 

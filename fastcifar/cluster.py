@@ -91,6 +91,24 @@ def parse_tf_config(text: Optional[str]) -> Cluster:
     return Cluster(workers, task["type"], index, rank)
 
 
+def free_local_addresses(n: int) -> list:
+    """`n` free "127.0.0.1:port" addresses, for a cluster on one machine (tests, benchmarks)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(workers, index: int) -> str:
+    """The TF_CONFIG of worker `index` of a cluster of `workers` addresses."""
+    return json.dumps({"cluster": {"worker": list(workers)},
+                       "task": {"type": "worker", "index": index}})
+
+
 def heartbeat(event: str = "tick") -> None:
     """Tell a supervising parent that this process made progress (no-op without one)."""
     fd = os.environ.get(HEARTBEAT_ENV)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -166,21 +165,6 @@ TRAIN = ["train", "--data", "learnable:1024", "--width", "8", "--batch-size", "2
          "--precision", "float32", "--quiet"]
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
 def _start(args, tf_config, **kw):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
     return subprocess.Popen([sys.executable, "-m", "fastcifar.cli", *args], env=env,
@@ -209,9 +193,9 @@ def _running_with(marker: str) -> list:
 
 
 def test_two_worker_processes_finish_with_the_same_weights(tmp_path):
-    ports = _free_ports(2)
+    ports = cluster.free_local_addresses(2)
     args = TRAIN + ["--epochs", "2", "--strategy", "multiworker", "--peer-timeout", "90"]
-    procs = [_start(args + ["--json", str(tmp_path / "r.json")], _tf_config(ports, i))
+    procs = [_start(args + ["--json", str(tmp_path / "r.json")], cluster.tf_config(ports, i))
              for i in range(2)]
     try:
         outs = [p.communicate(timeout=240) for p in procs]
@@ -230,11 +214,11 @@ def test_two_worker_processes_finish_with_the_same_weights(tmp_path):
 
 
 def test_unreachable_peer_is_an_error_within_the_timeout(tmp_path):
-    ports = _free_ports(2)  # nobody will listen on the second
+    ports = cluster.free_local_addresses(2)  # nobody will listen on the second
     marker = str(tmp_path / "never.json")
     t0 = time.monotonic()
     p = _start(TRAIN + ["--strategy", "multiworker", "--peer-timeout", "8", "--json", marker],
-               _tf_config(ports, 0))
+               cluster.tf_config(ports, 0))
     try:
         out, err = p.communicate(timeout=120)
     finally:
@@ -244,17 +228,17 @@ def test_unreachable_peer_is_an_error_within_the_timeout(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastcifar: error: multiworker start-up "
                                                    "timed out"), err[-2000:]
-    assert f"127.0.0.1:{ports[1]}" in lines[0] and "Traceback" not in err
+    assert ports[1] in lines[0] and "Traceback" not in err
     assert elapsed < 60
     assert not os.path.exists(marker)
     assert _running_with(marker) == []  # the stuck worker was killed, not left behind
 
 
 def test_a_peer_dying_mid_run_stops_the_other_with_exit_2(tmp_path):
-    ports = _free_ports(2)
+    ports = cluster.free_local_addresses(2)
     args = TRAIN + ["--epochs", "40", "--strategy", "multiworker", "--peer-timeout", "60"]
     args[args.index("--quiet")] = "--steps-per-call=1"  # progress rows on stdout
-    procs = [_start(args + ["--json", str(tmp_path / "r.json")], _tf_config(ports, i))
+    procs = [_start(args + ["--json", str(tmp_path / "r.json")], cluster.tf_config(ports, i))
              for i in range(2)]
     try:
         for line in procs[0].stdout:  # wait until the chief has finished an epoch
