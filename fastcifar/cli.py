@@ -234,9 +234,10 @@ def cmd_train(args) -> int:
     from .monitor import Monitor, headline
     from .runtime import nvml_index, peak_memory_bytes
 
-    if trainer.rt.device_kind == "GPU":
-        idx = nvml_index(trainer.rt.device)
-        mon = Monitor(interval=0.1, gpu_indices=None if idx is None else [idx])
+    if trainer.rt.device_kind == "GPU":  # every GPU a replica runs on, matched to NVML
+        gpus = trainer.describe_runtime()["replica_devices"]
+        idx = [nvml_index("/GPU:" + d.rsplit(":", 1)[-1]) for d in gpus if "GPU" in d.upper()]
+        mon = Monitor(interval=0.1, gpu_indices=None if None in idx or not idx else idx)
     else:
         mon = Monitor(interval=0.1, source="cpu")
     with mon:

@@ -120,6 +120,27 @@ def test_predict_and_save_from_a_mirrored_trainer(runs, data, tmp_path):
     assert weights_checksum(loaded) == weights_checksum(tr.model)
 
 
+def test_fast_recipe_runs_mirrored_like_one_device(data):
+    """Whitening (fitted once, copied to every replica), EMA and bias-lr scaling as
+    replica-local state, TTA in the sharded evaluation."""
+    from fastcifar.config import recipe
+
+    out = {}
+    for strategy, replicas in (("auto", 0), ("mirrored", 2)):
+        cfg = recipe("fast", width=8, epochs=2, batch_size=256, strategy=strategy,
+                     replicas=replicas, sync_bn=True, target=None)
+        tr = Trainer(cfg, RT)
+        out[strategy] = (tr, tr.fit(data))
+    tr, res = out["mirrored"]
+    for e in tr.ema_variables:
+        a, b = (c.numpy() for c in e.values)
+        assert np.array_equal(a, b)
+    ref = out["auto"][1].history[-1]
+    row = res.history[-1]
+    assert row["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-2)
+    assert row["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-2)
+
+
 def test_mirrored_refuses_xla_on_cpu_and_bad_batches():
     with pytest.raises(ConfigError, match="xla"):
         Trainer(TrainConfig(width=4, strategy="mirrored", replicas=2),
