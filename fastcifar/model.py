@@ -86,9 +86,10 @@ class BatchNorm(layers.BatchNormalization):
         # then summed over images and replicas in float64
         xf = tf.cast(x, tf.float32)
         per_image = lambda t: tf.cast(tf.reduce_sum(t, [1, 2]), tf.float64)
-        s = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(per_image(xf), 0))
-        ss = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                            tf.reduce_sum(per_image(tf.square(xf)), 0))
+        total = ((lambda t: ctx.all_reduce(tf.distribute.ReduceOp.SUM, t))
+                 if ctx.num_replicas_in_sync > 1 else (lambda t: t))  # one replica: no op
+        s = total(tf.reduce_sum(per_image(xf), 0))
+        ss = total(tf.reduce_sum(per_image(tf.square(xf)), 0))
         mean64 = s / n
         var = tf.cast(tf.maximum(ss / n - tf.square(mean64), 0.0), tf.float32)
         mean = tf.cast(mean64, tf.float32)
