@@ -74,6 +74,7 @@ class Trainer:
         self.runtime_config = runtime.validate()
         # first: MultiWorkerMirroredStrategy must exist before TensorFlow initialises
         self.strategy = strategy or distribute.make_strategy(config, runtime)
+        self.strategy_name = config.strategy if strategy is None else type(strategy).__name__
         self.distributed = distribute.is_distributed(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.rt: Resolved = resolve(runtime)
@@ -134,7 +135,7 @@ class Trainer:
     def describe_runtime(self) -> dict:
         """The resolved runtime plus how the work is spread, for result files."""
         d = self.rt.to_dict()
-        d.update(strategy=self.config.strategy, replicas=self.replicas,
+        d.update(strategy=self.strategy_name, replicas=self.replicas,
                  replica_devices=(distribute.replica_devices(self.strategy)
                                   if self.distributed else [self.rt.device]))
         return d

@@ -279,6 +279,35 @@ def test_a_peer_dying_mid_run_stops_the_other_with_exit_2(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_frozen_worker_is_killed_by_its_supervisor(tmp_path):
+    """A worker that stops making progress (SIGSTOP: alive, silent) is the supervisor's
+    case: after --peer-timeout without a heartbeat it is killed and its command exits 2;
+    its peer loses contact and exits 2 as well. Nothing is left running."""
+    ports = cluster.free_local_addresses(2)
+    marker = str(tmp_path / "r.json")
+    args = TRAIN + ["--epochs", "40", "--strategy", "multiworker", "--peer-timeout", "15",
+                    "--json", marker]
+    args[args.index("--quiet")] = "--steps-per-call=1"
+    procs = [_start(args, cluster.tf_config(ports, i)) for i in range(2)]
+    try:
+        for line in procs[0].stdout:
+            if line.split() and line.split()[0] == "1":
+                break
+        with open(f"/proc/{procs[1].pid}/task/{procs[1].pid}/children") as f:
+            worker = int(f.read().split()[0])  # the supervised child of worker 1
+        os.kill(worker, signal.SIGSTOP)
+        t0 = time.monotonic()
+        outs = [p.communicate(timeout=150) for p in procs]
+        waited = time.monotonic() - t0
+    finally:
+        _reap(procs)
+    assert [p.returncode for p in procs] == [2, 2], [e[-1500:] for _, e in outs]
+    frozen = [l for l in outs[1][1].splitlines() if l.startswith("fastcifar:")]
+    assert len(frozen) == 1 and "stalled: no progress for 15 s" in frozen[0]
+    assert waited < 120
+    assert _running_with(marker) == []
+
+
 def test_cli_mirrored_splits_the_cpu(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
