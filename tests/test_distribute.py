@@ -200,6 +200,19 @@ def _reap(procs):
         p.communicate(timeout=30)
 
 
+def _children(pid: int) -> list:
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:  # field 4 of stat: the parent's pid
+                out.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def _running_with(marker: str) -> list:
     """Processes whose command line mentions `marker` (none may outlive a test)."""
     found = []
@@ -293,8 +306,7 @@ def test_a_frozen_worker_is_killed_by_its_supervisor(tmp_path):
         for line in procs[0].stdout:
             if line.split() and line.split()[0] == "1":
                 break
-        with open(f"/proc/{procs[1].pid}/task/{procs[1].pid}/children") as f:
-            worker = int(f.read().split()[0])  # the supervised child of worker 1
+        worker = _children(procs[1].pid)[0]  # the supervised child of worker 1
         os.kill(worker, signal.SIGSTOP)
         t0 = time.monotonic()
         outs = [p.communicate(timeout=150) for p in procs]
