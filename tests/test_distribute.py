@@ -141,6 +141,47 @@ def test_fast_recipe_runs_mirrored_like_one_device(data):
     assert row["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-2)
 
 
+def test_an_overflow_on_one_replica_makes_every_replica_skip():
+    from fastcifar.train import _agree_on_overflow
+
+    s = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
+
+    def grads(bad_replica):
+        def rep():
+            ctx = tf.distribute.get_replica_context()
+            bad = tf.equal(ctx.replica_id_in_sync_group, bad_replica)
+            g = tf.where(bad, float("inf"), 1.0) * tf.ones([3])
+            return _agree_on_overflow(ctx, [g, None])[0]
+        return [o.numpy() for o in s.experimental_local_results(tf.function(
+            lambda: s.run(rep))())]
+
+    assert all(np.isnan(g).all() for g in grads(1))  # replica 0 was finite, yet skips too
+    assert all(np.array_equal(g, np.ones(3)) for g in grads(-1))  # nobody overflowed
+
+
+def test_mixed_float16_loss_scaling_under_mirrored(data):
+    cfg = TrainConfig(width=4, epochs=2, batch_size=128, strategy="mirrored", replicas=2,
+                      target=None)
+    tr = Trainer(cfg, RuntimeConfig(precision="mixed_float16", steps_per_call=2,
+                                    eval_batch_size=50))
+    dd = tr.prepare(data)
+    tr._build(dd.n_train)
+    tr.step.assign(2)  # past the lr-0 first step
+    w0 = [v.numpy() for v in tr.model.trainable_variables]
+    tr.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow everywhere
+    tr.train_steps(dd, 1)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(w0, tr.model.trainable_variables))
+    assert float(tr.optimizer.dynamic_scale.numpy()) == 2.0 ** 39
+    tr.optimizer.dynamic_scale.assign(2.0 ** 6)
+    loss, _ = tr.train_steps(dd, 2)  # with a sane scale it trains
+    assert np.isfinite(float(loss.numpy()))
+    assert any(not np.array_equal(a, v.numpy())
+               for a, v in zip(w0, tr.model.trainable_variables))
+    for v in tr.model.trainable_variables:  # the replicas stayed identical
+        a, b = (c.numpy() for c in v.value.values)
+        assert np.array_equal(a, b), v.path
+
+
 def test_mirrored_refuses_xla_on_cpu_and_bad_batches():
     with pytest.raises(ConfigError, match="xla"):
         Trainer(TrainConfig(width=4, strategy="mirrored", replicas=2),
