@@ -74,7 +74,8 @@ class Trainer:
         self.runtime_config = runtime.validate()
         # first: MultiWorkerMirroredStrategy must exist before TensorFlow initialises
         self.strategy = strategy or distribute.make_strategy(config, runtime)
-        self.strategy_name = config.strategy if strategy is None else type(strategy).__name__
+        self.strategy_name = (type(strategy).__name__ if strategy is not None
+                              and config.strategy == "auto" else config.strategy)
         self.distributed = distribute.is_distributed(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.rt: Resolved = resolve(runtime)
