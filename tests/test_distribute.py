@@ -309,6 +309,24 @@ def test_unreachable_peer_is_an_error_within_the_timeout(tmp_path):
     assert _running_with(marker) == []  # the stuck worker was killed, not left behind
 
 
+def test_ctrl_c_stops_a_waiting_worker_and_its_child(tmp_path):
+    ports = cluster.free_local_addresses(2)
+    marker = str(tmp_path / "never.json")
+    p = _start(TRAIN + ["--strategy", "multiworker", "--peer-timeout", "60", "--json", marker],
+               cluster.tf_config(ports, 0))
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the child is now blocked waiting for the absent peer
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        _reap([p])
+    assert p.returncode == 130 and "interrupted; no result written" in err
+    assert not os.path.exists(marker) and _running_with(marker) == []
+
+
 def test_a_peer_dying_mid_run_stops_the_other_with_exit_2(tmp_path):
     ports = cluster.free_local_addresses(2)
     args = TRAIN + ["--epochs", "40", "--strategy", "multiworker", "--peer-timeout", "60"]
