@@ -168,11 +168,10 @@ def _worker_path(path, cluster):
     return f"{stem}.worker{cluster.rank}.json"
 
 
-def _supervised_train(args, rt) -> int:
+def _supervised_train(args, rt, info) -> int:
     """Run this same command as a watched child (see fastcifar.cluster)."""
     from . import cluster as cl
 
-    info = cl.parse_tf_config(os.environ.get("TF_CONFIG"))
     try:
         return cl.supervise(args.argv, info, rt.peer_timeout)
     except cl.SupervisorError as e:
@@ -190,7 +189,7 @@ def cmd_train(args) -> int:
     if cfg.strategy == "multiworker":
         info = cl.parse_tf_config(os.environ.get("TF_CONFIG"))
         if cl.HEARTBEAT_ENV not in os.environ:
-            return _supervised_train(args, rt)
+            return _supervised_train(args, rt, info)
         native_log = cl.redirect_native_stderr(info.rank)
     json_path = _worker_path(args.json, info)
     if json_path:

@@ -61,7 +61,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FASTCIFAR_DATA", Path.home() / ".cache" / "fastcifar"))
 
 
-def _content_hash(*arrays: np.ndarray) -> str:
+def content_hash(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -89,7 +89,7 @@ def make_dataset(x_train, y_train, x_test, y_test, name: str,
                             f"got range [{y.min()}, {y.max()}]")
     arrays = [np.ascontiguousarray(x_train), np.asarray(y_train, np.int32),
               np.ascontiguousarray(x_test), np.asarray(y_test, np.int32)]
-    return Dataset(*arrays, name=name, sha256=_content_hash(*arrays), classes=tuple(classes))
+    return Dataset(*arrays, name=name, sha256=content_hash(*arrays), classes=tuple(classes))
 
 
 # --- the official python archive -------------------------------------------------------

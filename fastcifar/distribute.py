@@ -8,7 +8,6 @@ is no GPU, so the multi-replica path runs and is tested on any machine. `multiwo
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -59,11 +58,10 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
         ops = (None if devices[0].startswith("/GPU")
                else tf.distribute.ReductionToOneDevice(reduce_to_device="/CPU:0"))
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
-    cluster = parse_tf_config(os.environ.get("TF_CONFIG"))
+    parse_tf_config(os.environ.get("TF_CONFIG"))  # one-line errors; TensorFlow reads it too
     if config.replicas > 1 and not tf.config.list_physical_devices("GPU"):
         raise ConfigError(f"invalid replicas={config.replicas}: a CPU-only worker runs one "
                           "replica under 'multiworker'; drop --replicas or use 'mirrored'")
-    del cluster  # validated above; TensorFlow reads TF_CONFIG itself
     # A bounded wait per collective: a peer that stops mid-run becomes an error here too
     # (TensorFlow's own heartbeats usually report it sooner).
     options = tf.distribute.experimental.CommunicationOptions(
@@ -112,9 +110,15 @@ def replica_local_variable(initial, name: str, dtype=None) -> tf.Variable:
 
 
 def weights_checksum(model) -> str:
-    """sha256 over every weight's float32 bytes, in model order: equal on every worker of
-    a correct data-parallel run."""
-    h = hashlib.sha256()
-    for v in model.weights:
-        h.update(np.ascontiguousarray(np.asarray(v.numpy(), np.float32)).tobytes())
-    return h.hexdigest()[:16]
+    """sha256 over every weight as float32, in model order: equal on every worker of a
+    correct data-parallel run."""
+    from .data import content_hash
+
+    return content_hash(*[np.asarray(v.numpy(), np.float32) for v in model.weights])[:16]
+
+
+def distance_moved(a: list, b: list, start: list) -> float:
+    """How far apart two runs' weights `a` and `b` ended, relative to how far `a` moved
+    from `start` (weights as lists of arrays)."""
+    gap = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b)))
+    return float(gap / np.sqrt(sum(np.sum((x - s) ** 2) for x, s in zip(a, start))))

@@ -124,6 +124,7 @@ def run_checks(device_kind: str) -> list:
         import tensorflow as tf
 
         from .config import RuntimeConfig, TrainConfig
+        from .distribute import distance_moved
         from .train import Trainer
 
         n_gpu = len(tf.config.list_physical_devices("GPU"))
@@ -142,12 +143,11 @@ def run_checks(device_kind: str) -> list:
             w0 = [v.numpy() for v in tr.model.trainable_variables]
             tr.train_steps(tr.prepare(big), 3)
             moved[strategy] = [v.numpy() for v in tr.model.trainable_variables]
-        num = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(moved["auto"], moved["mirrored"])))
-        den = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(moved["auto"], w0)))
+        gap = distance_moved(moved["auto"], moved["mirrored"], w0)
         where = f"{replicas} GPUs, XLA on" if n_gpu >= 2 else "2 logical CPU devices, XLA off"
         # float noise, amplified by max-pool routing, stays ~1e-4; per-replica BN gives ~1e-1
-        return num / den < 1e-2, (f"mirrored ({where}, sync BN) vs one device after 3 steps: "
-                                  f"weights differ by {num / den:.1e} of the distance moved")
+        return gap < 1e-2, (f"mirrored ({where}, sync BN) vs one device after 3 steps: "
+                                  f"weights differ by {gap:.1e} of the distance moved")
 
     results.append(_check("float16 overflow: step skipped, scale halved", overflow))
     results.append(_check("XLA step computes the same loss", xla_matches))

@@ -380,10 +380,11 @@ class Trainer:
                 if str(getattr(v.dtype, "name", v.dtype)).startswith("float")]
 
     def swap_ema(self) -> None:
-        """Exchange the live weights with their moving average (call twice to undo)."""
+        """Exchange the live weights with their moving average (call twice to undo), on
+        the device: no round trip through the host at every evaluation."""
         for e, v in zip(self.ema_variables, self._ema_sources()):
-            live = v.numpy()
-            v.assign(e.numpy())
+            live = tf.identity(v)
+            v.assign(tf.identity(e))
             e.assign(live)
 
     def evaluate_prepared(self, dd: DeviceData) -> dict:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from fastcifar import cluster
 from fastcifar.config import ConfigError, RuntimeConfig, TrainConfig
 from fastcifar.data import synthetic
-from fastcifar.distribute import split_cpu, weights_checksum
+from fastcifar.distribute import distance_moved, split_cpu, weights_checksum
 from fastcifar.train import Trainer
 
 RT = RuntimeConfig(precision="float32", steps_per_call=4, eval_batch_size=50)
@@ -49,12 +49,6 @@ def runs(data):
     return out
 
 
-def _moved(a, b, start):
-    """Distance between two runs' weights relative to how far training moved them."""
-    num = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b)))
-    return num / np.sqrt(sum(np.sum((x - s) ** 2) for x, s in zip(a, start)))
-
-
 def _weights(tr):
     return [v.numpy() for v in tr.model.trainable_variables]
 
@@ -65,7 +59,7 @@ def test_two_replicas_with_sync_bn_match_one_device(runs):
     start = one[1]
     assert all(np.array_equal(a, b) for a, b in zip(start, two[1]))  # same initial weights
     # measured ~2e-4 here: float rounding of the split sums, amplified by max-pool routing
-    assert _moved(_weights(one[0]), _weights(two[0]), start) < 1e-2
+    assert distance_moved(_weights(one[0]), _weights(two[0]), start) < 1e-2
     stats = lambda tr: [v.numpy() for v in tr.model.weights if "moving" in v.path]
     for a, b in zip(stats(one[0]), stats(two[0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -79,7 +73,7 @@ def test_per_replica_batchnorm_is_a_different_computation(runs):
     """Without sync BN each replica normalises its 256 images by their own statistics:
     a different function of the batch (the README says why), so weights move apart."""
     one, local = runs["one"], runs["two_local"]
-    assert _moved(_weights(one[0]), _weights(local[0]), one[1]) > 5e-2  # measured ~0.2
+    assert distance_moved(_weights(one[0]), _weights(local[0]), one[1]) > 5e-2  # measured ~0.2
 
 
 def test_replica_copies_agree(runs):
