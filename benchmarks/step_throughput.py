@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from fastcifar.runtime import environment
 
     ds = synthetic(args.train_size, 1000)
-    cfg = recipe("seed", width=args.width, batch_size=args.batch_size)
+    cfg = recipe("tutorial", width=args.width, batch_size=args.batch_size)
     runners, compile_s, resolved = {}, {}, {}
     for name in args.variants.split(","):
         if name == "tutorial":
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
             return time.perf_counter() - t0
 
         runners[name] = run
-        resolved[name] = {"precision": tr.rt.precision, "xla": tr.rt.xla,
-                          "data_layout": tr.rt.data_layout,
+        resolved[name] = {"precision": tr.runtime.precision, "xla": tr.runtime.xla,
+                          "data_layout": tr.runtime.data_layout,
                           "mode": "compiled, device-resident"}
         print(f"compiled {name}: {compile_s[name]:.1f} s", file=sys.stderr)
 

@@ -24,14 +24,14 @@ def compiled(request):
     from fastcifar.data import synthetic
 
     ds = synthetic(max(4 * BATCH, 512), 100)
-    tr, call, _ = compiled_call(recipe("seed", width=WIDTH, batch_size=BATCH),
+    tr, call, _ = compiled_call(recipe("tutorial", width=WIDTH, batch_size=BATCH),
                                 RuntimeConfig(precision=request.param), ds, STEPS)
     return tr, call
 
 
 def test_train_call(benchmark, compiled):
     tr, call = compiled
-    benchmark.extra_info.update(precision=tr.rt.precision, xla=tr.rt.xla, width=WIDTH,
+    benchmark.extra_info.update(precision=tr.runtime.precision, xla=tr.runtime.xla, width=WIDTH,
                                 batch_size=BATCH, steps_per_call=STEPS)
     loss = benchmark(call)
     assert loss == loss  # finite, not NaN

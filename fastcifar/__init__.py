@@ -16,6 +16,7 @@ _LAZY = {
     "load_data": ("fastcifar.data", "load"),
     "Dataset": ("fastcifar.data", "Dataset"),
     "davidnet": ("fastcifar.model", "davidnet"),
+    "run_training": ("fastcifar.run", "run_training"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

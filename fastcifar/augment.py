@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-TABLE_COLUMNS = 6  # order key, crop dy, crop dx, flip, cutout y, cutout x
+# Columns of the epoch table: one uniform [0, 1) draw per example and purpose.
+ORDER, CROP_Y, CROP_X, FLIP, CUTOUT_Y, CUTOUT_X = range(6)
+TABLE_COLUMNS = 6
 
 
 _M32 = 0xFFFFFFFF
@@ -48,14 +50,15 @@ def epoch_table(seed, epoch, n: int, alternating_flip: bool = False):
     coin from (seed, index) and is mirrored on every other epoch from there (airbench's
     "alternating flip"), so over two epochs every image is seen both ways."""
     bits = hash_bits(seed, epoch, n, TABLE_COLUMNS)
-    u = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))  # [0, 1)
+    table = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))  # [0, 1)
     if alternating_flip:
         coin = hash_bits(seed, 0x7FFFFFFF, n, 1)[:, 0] >= (1 << 31)  # not keyed by epoch
         odd = tf.equal(tf.math.floormod(tf.cast(epoch, tf.int64), 2), 1)
         flip_now = tf.math.logical_xor(coin, odd)
-        u = tf.concat([u[:, :3], tf.where(flip_now, 0.0, 1.0)[:, None], u[:, 4:]], axis=1)
-    perm = tf.argsort(bits[:, 0], stable=True)  # 32-bit keys: ties are rare, and stable
-    return u, tf.cast(perm, tf.int64)
+        table = tf.concat([table[:, :FLIP], tf.where(flip_now, 0.0, 1.0)[:, None],
+                           table[:, FLIP + 1:]], axis=1)
+    perm = tf.argsort(bits[:, ORDER], stable=True)  # 32-bit keys: ties are rare, and stable
+    return table, tf.cast(perm, tf.int64)
 
 
 def _draw(u, count: int):
@@ -87,19 +90,20 @@ def cutout(x, cy, cx, size: int):
     return x * tf.cast(keep, x.dtype)[..., None]
 
 
-def augment(x_padded, u, pad: int, do_flip: bool, cutout_size: int):
-    """Crop + flip on the (uint8 or normalised) padded batch, using its table rows `u`.
-    Cutout is applied separately, after normalisation (see `apply_cutout`)."""
+def augment(x_padded, rows, normalise, pad: int, do_flip: bool, cutout_size: int):
+    """The whole augmentation of a batch: crop the padded images (uint8 or normalised),
+    flip, `normalise`, then cut out (after normalisation, so the square is the dataset
+    mean, as in the original). `rows` are the batch's rows of the epoch table."""
     size = x_padded.shape[1] - 2 * pad
-    x = crop(x_padded, _draw(u[:, 1], 2 * pad + 1), _draw(u[:, 2], 2 * pad + 1), size) \
-        if pad else x_padded
+    x = x_padded
+    if pad:
+        x = crop(x, _draw(rows[:, CROP_Y], 2 * pad + 1), _draw(rows[:, CROP_X], 2 * pad + 1),
+                 size)
     if do_flip:
-        x = flip(x, u[:, 3] < 0.5)
+        x = flip(x, rows[:, FLIP] < 0.5)
+    x = normalise(x)
+    if cutout_size:
+        span = x.shape[1] - cutout_size + 1
+        x = cutout(x, _draw(rows[:, CUTOUT_Y], span), _draw(rows[:, CUTOUT_X], span),
+                   cutout_size)
     return x
-
-
-def apply_cutout(x, u, cutout_size: int):
-    if not cutout_size:
-        return x
-    span = x.shape[1] - cutout_size + 1
-    return cutout(x, _draw(u[:, 4], span), _draw(u[:, 5], span), cutout_size)

@@ -1,29 +1,34 @@
-"""Benchmarks: compiled step time, speed-up over the tutorial, and a machine calibration.
+"""Benchmarks: compiled step time, speed-up over the tutorial, seconds-to-target, ablation.
 
-Timing rules (README, "Benchmarks"): compilation is done and timed first and reported
-apart (`compile_seconds`); every timed call is synchronised by fetching its result;
-variants are compared side by side in one process, alternating, as paired ratios.
+Each `*_benchmark` function returns a complete result dict (`fastcifar.results` schema);
+the command line only prints and writes it. Timing rules (README, "Benchmarks"):
+compilation is done and timed first and reported apart (`compile_seconds`); every timed
+call is synchronised by fetching its result; variants are compared side by side in one
+process, alternating, as paired ratios.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Callable, Optional
 
-import numpy as np
+from . import results
+from .config import FAST_TECHNIQUES, RuntimeConfig, TrainConfig
+from .errors import ConfigError
+from .util import summarize
 
 
-def spread(values) -> dict:
-    v = np.asarray(values, dtype=float)
-    return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
-            "p90": float(np.percentile(v, 90)), "min": float(v.min()), "max": float(v.max()),
-            "n": int(len(v))}
+def _quiet(*_args) -> None:
+    pass
 
 
 def calibrate_machine(size: int = 512, repeats: int = 7) -> dict:
     """numpy BLAS matmul GFLOP/s: independent of TensorFlow, so dividing throughput by it
     discounts a slower or busier machine but not a TensorFlow/oneDNN/cuDNN regression."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
@@ -40,16 +45,16 @@ def calibrate_machine(size: int = 512, repeats: int = 7) -> dict:
             "samples": rates}
 
 
-def conv_peak(device: str, dtype: str, batch: int = 64, repeats: int = 5) -> dict:
-    """Dense 3x3 conv (256->256, 16x16) throughput in `dtype` on `device`: the ceiling a
-    DavidNet step is measured against (`fraction_of_peak`)."""
+def conv_peak(device: str, precision: str, batch: int = 64, repeats: int = 5) -> dict:
+    """Dense 3x3 conv (256->256, 16x16) throughput in `precision`'s compute dtype on
+    `device`: the ceiling a DavidNet step is measured against (`fraction_of_peak`)."""
     import tensorflow as tf
 
-    dt = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
-          "mixed_float16": tf.float16}[dtype]
+    dtype = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
+             "mixed_float16": tf.float16}[precision]
     with tf.device(device):
-        x = tf.cast(tf.random.normal([batch, 16, 16, 256]), dt)
-        w = tf.cast(tf.random.normal([3, 3, 256, 256]) * 0.01, dt)
+        x = tf.cast(tf.random.normal([batch, 16, 16, 256]), dtype)
+        w = tf.cast(tf.random.normal([3, 3, 256, 256]) * 0.01, dtype)
 
         @tf.function
         def convs(x):
@@ -64,8 +69,37 @@ def conv_peak(device: str, dtype: str, batch: int = 64, repeats: int = 5) -> dic
             convs(x).numpy()
             times.append(time.perf_counter() - t0)
     flops = 4 * 2 * batch * 16 * 16 * 9 * 256 * 256
-    return {"flops_per_sec": flops / statistics.median(times), "dtype": dtype,
+    return {"flops_per_sec": flops / statistics.median(times), "dtype": precision,
             "shape": f"conv3x3 256->256 16x16 batch {batch}, 4 in a row"}
+
+
+def nvml_indices(devices: list) -> list:
+    """The NVML index of each TensorFlow GPU among `devices`, matched by PCI bus id (CUDA
+    and NVML number devices differently); None where no match can be made."""
+    from .monitor import nvml_index_for_pci_bus_id
+    from .runtime import pci_bus_id
+
+    out = []
+    for d in devices:
+        if "GPU" not in d.upper():
+            continue
+        bus = pci_bus_id("/GPU:" + d.rsplit(":", 1)[-1])
+        try:
+            out.append(None if bus is None else nvml_index_for_pci_bus_id(bus))
+        except Exception:  # NVML unusable: the monitor says why
+            out.append(None)
+    return out
+
+
+def monitor_for(devices: list, interval: float = 0.1):
+    """A utilisation monitor over the GPUs among the TensorFlow `devices`, or over the CPU
+    when there are none."""
+    from .monitor import Monitor
+
+    indices = nvml_indices(devices)
+    if not indices:
+        return Monitor(interval=interval, source="cpu")
+    return Monitor(interval=interval, gpu_indices=None if None in indices else indices)
 
 
 def time_calls(call: Callable[[], float], reps: int) -> list:
@@ -78,93 +112,93 @@ def time_calls(call: Callable[[], float], reps: int) -> list:
     return out
 
 
-def compiled_call(cfg, rt_config, ds, steps: int):
+def compiled_call(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int):
     """A trainer compiled for `ds`'s shapes (compile seconds returned apart), its step
     counter a quarter into the schedule (lr > 0), and a call that runs `steps` steps and
     synchronises by fetching the loss. One untimed real call is made first (allocations)."""
     from .train import Trainer
 
-    tr = Trainer(cfg, rt_config.replace(steps_per_call=steps))
-    compile_s = tr.compile(len(ds.x_train), len(ds.x_test))
-    dd = tr.prepare(ds)
-    tr.step.assign(cfg.epochs * tr.steps_per_epoch(dd.n_train) // 4)
+    trainer = Trainer(config, runtime.replace(steps_per_call=steps))
+    compile_s = trainer.compile(len(ds.x_train), len(ds.x_test))
+    data = trainer.prepare(ds)
+    trainer.step.assign(config.epochs * trainer.steps_per_epoch(data.n_train) // 4)
 
     def call() -> float:
-        return float(tr.train_steps(dd, steps)[0].numpy())
+        return float(trainer.train_steps(data, steps)[0].numpy())
 
     call()
-    return tr, call, compile_s
+    return trainer, call, compile_s
 
 
-def step_benchmark(cfg, rt_config, ds, steps: int, reps: int, monitor=None,
-                   profile_dir: Optional[str] = None, return_call: bool = False):
+def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps: int,
+               monitor=None, profile_dir: Optional[str] = None):
     """Compile (timed apart), then `reps` synchronised calls of `steps` steps each.
-    With `return_call`, also returns the compiled call so a comparison can reuse it."""
+    Returns (one sweep row, the compiled call for reuse, or None after out-of-memory)."""
     import tensorflow as tf
 
     from .flops import train_flops
     from .runtime import peak_memory_bytes, resolve
 
-    rt = resolve(rt_config)
-    call = None
+    resolved = resolve(runtime)
     try:
-        if rt.device_kind == "GPU":
-            tf.config.experimental.reset_memory_stats(rt.device.lstrip("/"))
-        tr, call, compile_s = compiled_call(cfg, rt_config, ds, steps)
-        window = monitor.window("steady") if monitor is not None else _null()
+        if resolved.device_kind == "GPU":
+            tf.config.experimental.reset_memory_stats(resolved.device.lstrip("/"))
+        trainer, call, compile_s = compiled_call(config, runtime, ds, steps)
+        window = monitor.window("steady") if monitor is not None else contextlib.nullcontext()
         with window as w:
             secs = time_calls(call, reps)
         if profile_dir:
             profile_steps(call, profile_dir)
     except tf.errors.ResourceExhaustedError as e:
         first = str(e).strip().splitlines()[0][:200]
-        out = {"batch_size": cfg.batch_size, "error": f"out of memory: {first}"}
-        return (out, None) if return_call else out
-    step_ms = [1000 * s / steps for s in secs]
-    ips = [steps * cfg.batch_size / s for s in secs]
-    fpi = train_flops(tr.model)
-    peak = conv_peak(tr.rt.device, tr.rt.precision)
-    achieved = fpi * statistics.median(ips)
-    out = {
-        "batch_size": cfg.batch_size,
-        "images_per_sec": statistics.median(ips),
-        "images_per_sec_spread": spread(ips),
-        "step_ms": spread(step_ms),
+        return {"batch_size": config.batch_size, "error": f"out of memory: {first}"}, None
+    images_per_sec = [steps * config.batch_size / s for s in secs]
+    flops_per_image = train_flops(trainer.model)
+    peak = conv_peak(trainer.runtime.device, trainer.runtime.precision)
+    achieved = flops_per_image * statistics.median(images_per_sec)
+    row = {
+        "batch_size": config.batch_size,
+        "images_per_sec": statistics.median(images_per_sec),
+        "images_per_sec_spread": summarize(images_per_sec),
+        "step_ms": summarize(1000 * s / steps for s in secs),
         "compile_seconds": compile_s,
-        "flops_per_image": fpi,
+        "flops_per_image": flops_per_image,
         "achieved_flops_per_sec": achieved,
         "peak_flops_per_sec": peak["flops_per_sec"],
         "fraction_of_peak": achieved / peak["flops_per_sec"],
-        "peak_memory_bytes": peak_memory_bytes(tr.rt.device),
-        "runtime": tr.describe_runtime(),
+        "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
+        "runtime": trainer.describe_runtime(),
     }
     if monitor is not None:
         from .monitor import headline
 
-        out["utilization"] = headline(monitor.result([w]))
-    return (out, call) if return_call else out
+        row["utilization"] = headline(monitor.result([w]))
+    return row, call
 
 
-def seed_speedup(cfg, rt_config, ds, steps: int, pairs: int, fast_call=None) -> dict:
+def tutorial_speedup(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int,
+                     pairs: int, fast_call=None) -> dict:
     """Fast trainer (A) against the tutorial's eager loop (B), alternating A B A B in one
     process; the speed-up is the median/min/max of the pairwise throughput ratios.
-    `fast_call`: an already compiled call from `step_benchmark` (else one is built)."""
+    `fast_call`: an already compiled call from `time_steps` (else one is built)."""
     from .baselines.tutorial import TutorialTrainer
 
-    fast = fast_call or compiled_call(cfg, rt_config, ds, steps)[1]
-    seed = TutorialTrainer(width=cfg.width, batch_size=cfg.batch_size, seed=cfg.seed)
-    seed.prepare(ds.x_train, ds.y_train)
-    seed.time_steps(1)  # builds the model
-    ratios, a_ips, b_ips = [], [], []
+    fast = fast_call or compiled_call(config, runtime, ds, steps)[1]
+    tutorial = TutorialTrainer(width=config.width, batch_size=config.batch_size,
+                               seed=config.seed)
+    tutorial.prepare(ds.x_train, ds.y_train)
+    tutorial.time_steps(1)  # builds the model
+    ratios, fast_ips, tutorial_ips = [], [], []
     for _ in range(pairs):
-        a = steps * cfg.batch_size / time_calls(fast, 1)[0]
-        b = steps * cfg.batch_size / seed.time_steps(steps)
-        a_ips.append(a)
-        b_ips.append(b)
+        a = steps * config.batch_size / time_calls(fast, 1)[0]
+        b = steps * config.batch_size / tutorial.time_steps(steps)
+        fast_ips.append(a)
+        tutorial_ips.append(b)
         ratios.append(a / b)
-    return {"speedup_vs_seed": {"median": statistics.median(ratios), "min": min(ratios),
-                                "max": max(ratios), "n": len(ratios)},
-            "seed_images_per_sec": spread(b_ips), "fast_images_per_sec": spread(a_ips)}
+    speedup = summarize(ratios)
+    return {"speedup_vs_tutorial": speedup, "speedup_vs_seed": speedup,
+            "tutorial_images_per_sec": summarize(tutorial_ips),
+            "fast_images_per_sec": summarize(fast_ips)}
 
 
 def profile_steps(call: Callable[[], float], logdir: str, calls: int = 2) -> None:
@@ -179,9 +213,141 @@ def profile_steps(call: Callable[[], float], logdir: str, calls: int = 2) -> Non
         tf.profiler.experimental.stop()
 
 
-class _null:
-    def __enter__(self):
-        return None
+# --- the three benchmarks, each returning its result ------------------------------------
 
-    def __exit__(self, *exc):
-        return False
+def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "synthetic",
+                   batch_sizes: tuple = (), steps: int = 2, reps: int = 5,
+                   compare: Optional[str] = None, pairs: int = 3,
+                   profile_dir: Optional[str] = None, say=_quiet) -> dict:
+    """Steady-state step time at each batch size (the first is the headline), optionally
+    paired against the tutorial's loop. Out-of-memory is a row, not a crash."""
+    from . import data as data_mod
+    from .monitor import Monitor
+    from .runtime import environment
+
+    ds = data_mod.load(data)
+    batch_sizes = tuple(batch_sizes) or (config.batch_size,)
+    calibration = calibrate_machine()
+    sweep, calls = [], {}
+    with Monitor(interval=0.1, source="auto") as monitor:
+        for batch in batch_sizes:
+            cfg = config.replace(batch_size=batch)
+            if batch > len(ds.x_train):
+                sweep.append({"batch_size": batch, "error": f"batch larger than the "
+                              f"{len(ds.x_train)} training images"})
+                continue
+            say(f"bench step: width {cfg.width}, batch {batch}, {steps} steps x {reps} calls")
+            row, calls[batch] = time_steps(
+                cfg, runtime, ds, steps, reps, monitor=monitor,
+                profile_dir=profile_dir if batch == batch_sizes[0] else None)
+            sweep.append(row)
+            if "error" in row:
+                say(f"  batch {batch}: {row['error']}")
+                continue
+            say(f"  {row['images_per_sec']:.1f} img/s, step {row['step_ms']['median']:.1f} ms "
+                f"(p10 {row['step_ms']['p10']:.1f}, p90 {row['step_ms']['p90']:.1f}), "
+                f"{row['fraction_of_peak']:.1%} of peak, compile {row['compile_seconds']:.1f} s")
+    ok = [row for row in sweep if "error" not in row]
+    if not ok:
+        raise ConfigError("every configuration failed: " + "; ".join(
+            f"batch {row['batch_size']}: {row['error']}" for row in sweep))
+    head = ok[0]
+    metrics = {k: head[k] for k in ("images_per_sec", "images_per_sec_spread", "step_ms",
+                                    "compile_seconds", "flops_per_image",
+                                    "achieved_flops_per_sec", "peak_flops_per_sec",
+                                    "fraction_of_peak", "peak_memory_bytes")}
+    metrics["utilization"] = head.get("utilization")
+    if compare == "tutorial":
+        say(f"comparing with the tutorial's loop ({pairs} alternating pairs)")
+        metrics.update(tutorial_speedup(config.replace(batch_size=head["batch_size"]),
+                                        runtime, ds, steps, pairs,
+                                        fast_call=calls.get(head["batch_size"])))
+    return results.build("bench", config.to_dict(), head["runtime"], environment(),
+                         ds.identity(), metrics, benchmark="step", sweep=sweep,
+                         calibration=calibration,
+                         timing="step_ms: one synchronised call of `steps` steps / steps; "
+                                "compile_seconds measured apart, first real call untimed")
+
+
+def accuracy_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "cifar10",
+                       runs: int = 1, target_declared: bool = False, quiet: bool = True,
+                       say=_quiet) -> dict:
+    """Seconds-to-target over `runs` seeds (config.seed, +1, ...); the clock includes
+    loading the data."""
+    from . import data as data_mod
+    from .runtime import environment
+    from .train import Trainer
+
+    t0 = time.perf_counter()
+    ds = data_mod.load(data, quiet=quiet)
+    load_seconds = time.perf_counter() - t0
+    if ds.name != "cifar10" and not target_declared:
+        raise ConfigError(f"data {ds.name} is not CIFAR-10: declare the accuracy to reach "
+                          f"with --target (e.g. --target 0.80)")
+    per_run = []
+    for i in range(runs):
+        cfg = config.replace(seed=config.seed + i)
+        trainer = Trainer(cfg, runtime)
+        trainer.compile(len(ds.x_train), len(ds.x_test))  # untimed, state restored
+        res = trainer.fit(ds, quiet=quiet)
+        curve = [[load_seconds + h["seconds"], h["test_acc"]] for h in res.history]
+        reached = (None if res.seconds_to_target is None
+                   else load_seconds + res.seconds_to_target)
+        per_run.append({"seed": cfg.seed, "final_test_acc": res.final_test_acc,
+                        "seconds_to_target": reached, "curve": curve,
+                        "train_seconds": load_seconds + res.train_seconds})
+        say(f"run {i + 1}/{runs} (seed {cfg.seed}): final {res.final_test_acc:.4f}, "
+            + (f"target {cfg.target:.2%} at {reached:.1f} s" if reached is not None
+               else f"target {cfg.target:.2%} not reached"))
+        described = trainer.describe_runtime()
+    accs = [r["final_test_acc"] for r in per_run]
+    reached = [r["seconds_to_target"] for r in per_run if r["seconds_to_target"] is not None]
+    metrics = {
+        "final_test_acc": statistics.mean(accs),
+        "final_test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "fraction_reaching_target": len(reached) / len(per_run),
+        "seconds_to_target": statistics.median(reached) if reached else None,
+        "curve": per_run[0]["curve"],
+        "load_seconds": load_seconds,
+    }
+    return results.build("bench", config.to_dict(), described, environment(), ds.identity(),
+                         metrics, benchmark="accuracy", runs=per_run,
+                         calibration=calibrate_machine(),
+                         timing="clock: loading, normalising, padding, uploading the data "
+                                "and all training; excludes compilation (done first on "
+                                "dummy data, state restored) and per-epoch evaluation",
+                         note=None if ds.name == "cifar10" else
+                         f"not CIFAR-10: dataset {ds.name}, target declared by the user")
+
+
+def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "cifar10",
+                       budget_epochs: Optional[int] = None, seeds: int = 1,
+                       quiet: bool = True, say=_quiet) -> dict:
+    """The recipe, then once per technique switched off: same seeds, same epoch budget."""
+    from . import data as data_mod
+    from .runtime import environment
+    from .train import Trainer
+
+    budget = budget_epochs or config.epochs
+    ds = data_mod.load(data, quiet=quiet)
+    techniques = {name: off for name, off in FAST_TECHNIQUES.items()
+                  if config.replace(**off) != config}  # only what the recipe switched on
+    variants = {"all techniques": {}, **{f"without {k}": v for k, v in techniques.items()}}
+    rows = []
+    for name, off in variants.items():
+        accs, secs = [], []
+        for s in range(seeds):
+            cfg = config.replace(epochs=budget, seed=config.seed + s, **off)
+            res = Trainer(cfg, runtime).fit(ds, quiet=True)
+            accs.append(res.final_test_acc)
+            secs.append(res.train_seconds)
+        rows.append({"variant": name, "switched_off": dict(off),
+                     "final_test_acc_mean": statistics.mean(accs),
+                     "final_test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "accs": accs, "seconds_median": statistics.median(secs)})
+        say(f"{name:<34} acc {rows[-1]['final_test_acc_mean']:.4f} +- "
+            f"{rows[-1]['final_test_acc_std']:.4f}  {rows[-1]['seconds_median']:.1f} s")
+    return results.build("bench", config.to_dict(), runtime.to_dict(), environment(),
+                         ds.identity(), {"final_test_acc": rows[0]["final_test_acc_mean"]},
+                         benchmark="ablate", ablation=rows, budget_epochs=budget,
+                         seeds=seeds, calibration=calibrate_machine())

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import ConfigError
+from .errors import ConfigError, PeerError
 
 HEARTBEAT_ENV = "FASTCIFAR_HEARTBEAT_FD"
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
@@ -109,8 +109,14 @@ def tf_config(workers, index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
+def is_supervised() -> bool:
+    """True in a worker started by `supervise` (it reports progress to its parent)."""
+    return HEARTBEAT_ENV in os.environ
+
+
 def heartbeat(event: str = "tick") -> None:
-    """Tell a supervising parent that this process made progress (no-op without one)."""
+    """Tell a supervising parent that this process made progress (no-op without one).
+    The trainer never calls this: the command line passes it in as a progress callback."""
     fd = os.environ.get(HEARTBEAT_ENV)
     if not fd:
         return
@@ -118,6 +124,14 @@ def heartbeat(event: str = "tick") -> None:
         os.write(int(fd), (event.replace("\n", " ") + "\n").encode())
     except (OSError, ValueError):
         pass
+
+
+def worker_path(path: Optional[str], cluster: Optional[Cluster]) -> Optional[str]:
+    """Worker 0 writes PATH; worker i writes PATH.worker<i>.json (one shared disk is safe)."""
+    if path is None or cluster is None or cluster.is_chief:
+        return path
+    stem = path[:-5] if path.endswith(".json") else path
+    return f"{stem}.worker{cluster.rank}.json"
 
 
 def native_log_path(rank: int, supervisor_pid: int) -> str:
@@ -151,17 +165,13 @@ def unreachable(addresses, timeout: float = 1.0) -> list:
     return out
 
 
-class SupervisorError(RuntimeError):
-    """The supervised worker stalled; the message is the one line to show."""
-
-
 def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0) -> int:
     """Run `python -m fastcifar.cli <argv>` as a child and return its exit code.
 
     Deadlines: `timeout` seconds from start until the child says "ready" (every peer
     joined), then `timeout` seconds between any two heartbeats. After "done" the child gets
     `grace` seconds to exit. A missed deadline kills the child's process group and raises
-    SupervisorError naming the likely cause."""
+    PeerError naming the likely cause."""
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{HEARTBEAT_ENV: str(write_fd)})
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.cli", *argv], env=env,
@@ -183,7 +193,7 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
                 _kill(proc)
                 if phase == "done":
                     return 0
-                raise SupervisorError(
+                raise PeerError(
                     _stall_message(phase, cluster, timeout, time.monotonic() - t_start)
                     + f" (TensorFlow's log: {native_log_path(cluster.rank, os.getpid())})")
             chunk = os.read(read_fd, 4096)

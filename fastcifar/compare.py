@@ -8,8 +8,9 @@ throughput by each run's machine calibration (a numpy matmul measured in the sam
 
 from __future__ import annotations
 
-from .config import ConfigError
+from .errors import UserError
 from .results import read_json
+from .util import parse_fraction as _parse_fraction
 
 # metric -> (better, how to read its value and spread from a result's metrics)
 GATED = {
@@ -40,26 +41,26 @@ def _value_and_range(metrics: dict, name: str):
 
 def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
             max_acc_drop_pp: float = 0.5, normalize: bool = False, force: bool = False):
-    """Returns (exit code, table lines). 2 = unusable input (raised as ConfigError)."""
+    """Returns (exit code, table lines). 2 = unusable input (raised as UserError)."""
     base, cur = read_json(baseline_path), read_json(current_path)
     kind = base.get("benchmark")
     if kind not in GATED:
-        raise ConfigError(f"{baseline_path} is not a step or accuracy benchmark result "
+        raise UserError(f"{baseline_path} is not a step or accuracy benchmark result "
                           f"(benchmark={kind!r}); compare results of `fastcifar bench`")
     if cur.get("benchmark") != kind:
-        raise ConfigError(f"different benchmarks: {kind!r} vs {cur.get('benchmark')!r}; "
+        raise UserError(f"different benchmarks: {kind!r} vs {cur.get('benchmark')!r}; "
                           f"compare like with like")
     for what, key in (("dataset", ("dataset", "sha256")), ("device", ("runtime", "device_name"))):
         a, b = base.get(key[0], {}).get(key[1]), cur.get(key[0], {}).get(key[1])
         if a != b and not force:
-            raise ConfigError(f"different {what}: {a!r} vs {b!r}; pass --force to compare "
+            raise UserError(f"different {what}: {a!r} vs {b!r}; pass --force to compare "
                               f"anyway")
     calib = []
     if normalize:
         for path, r in ((baseline_path, base), (current_path, cur)):
             g = (r.get("calibration") or {}).get("gflops")
             if not g:
-                raise ConfigError(f"{path} has no machine calibration; re-run the benchmark "
+                raise UserError(f"{path} has no machine calibration; re-run the benchmark "
                                   f"with this version to use --normalize")
             calib.append(g)
     lines = [f"{'metric':<22} {'baseline':>14} {'current':>14} {'change':>10}  verdict"]
@@ -71,7 +72,7 @@ def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
             if name == "seconds_to_target":
                 continue  # optional: a run may not reach its target
             missing = baseline_path if a is None else current_path
-            raise ConfigError(f"{missing} lacks metric {name!r}; re-run the benchmark")
+            raise UserError(f"{missing} lacks metric {name!r}; re-run the benchmark")
         (va, ra), (vb, rb) = a, b
         if va is None or vb is None:
             lines.append(f"{name:<22} {_fmt(va):>14} {_fmt(vb):>14} {'':>10}  skipped (null)")
@@ -106,12 +107,8 @@ def _fmt(v) -> str:
 
 
 def parse_fraction(text: str) -> float:
-    """'10%' or '0.1' -> 0.1"""
-    try:
-        v = float(text.rstrip("%"))
-    except ValueError:
-        raise ConfigError(f"invalid threshold {text!r}: use a percentage like 10%") from None
-    v = v / 100 if text.endswith("%") or v > 1 else v
-    if not 0 <= v < 1:
-        raise ConfigError(f"invalid threshold {text!r}: must be between 0% and 100%")
-    return v
+    """'10%' or '0.1' -> 0.1, for a threshold in [0%, 100%)."""
+    value = _parse_fraction(text, "threshold")
+    if not 0 <= value < 1:
+        raise UserError(f"invalid threshold {text!r}: must be between 0% and 100%")
+    return value

@@ -1,4 +1,6 @@
-"""Recipes and runtime choices as typed dataclasses, validated before any work starts.
+"""Every setting, declared once: type, default, help, allowed values. Validation, the
+command-line flags (`fastcifar.cli`) and the README's settings table are derived from these
+declarations, so adding a setting is one field here plus its use.
 
 A recipe (`TrainConfig`) says *what* is computed: it fixes the numbers a run can be
 compared on. `RuntimeConfig` says *how* it is computed (precision, XLA, steps per call):
@@ -8,107 +10,126 @@ changing it must not change the result beyond dtype tolerance.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+import math
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
 
+from .errors import ConfigError
+from .util import parse_fraction
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and the fix."""
+__all__ = ["ConfigError", "TrainConfig", "RuntimeConfig", "RECIPES", "RECIPE_ALIASES",
+           "FAST_TECHNIQUES", "recipe", "settings", "settings_table"]
 
 
-STRATEGIES = ("auto", "mirrored", "multiworker")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-DATA_LAYOUTS = ("auto", "uint8", "compute")
+def setting(default, help: str, *, choices: tuple = (), low=None, high=None,
+            low_open: bool = False, high_open: bool = False, hint: str = "",
+            parse=None, flag: bool = True):
+    """A dataclass field that carries its own documentation and checks.
+
+    `low`/`high` bound numbers (closed unless `*_open`); `choices` lists the allowed
+    strings; `hint` is appended to the error; `parse` reads the command-line text;
+    `flag=False` keeps a field off the command line."""
+    return field(default=default, metadata=dict(
+        help=help, choices=tuple(choices), low=low, high=high, low_open=low_open,
+        high_open=high_open, hint=hint, parse=parse, flag=flag))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training recipe. Defaults are the `davidnet` recipe (David Page's original)."""
+class Setting:
+    """One field as the validator, the CLI and the README see it."""
 
-    recipe: str = "davidnet"
-    epochs: int = 24
-    batch_size: int = 512
-    width: int = 64
-    lr_peak: float = 0.4
-    # The tutorial peaks at epoch (24+1)//5 = 5 of 24; kept as a fraction so short runs warm up.
-    peak_fraction: float = 5 / 24
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    dropout: float = 0.0
-    cutout: int = 8
-    flip: bool = True
-    alternating_flip: bool = False  # mirror each image every other epoch (airbench)
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    tta: str = "none"  # test-time augmentation: none, flip, flip_translate
-    activation: str = "relu"  # relu, celu or gelu
-    frozen_bn_scale: bool = False  # BatchNorm gamma fixed at 1
-    bias_lr_scale: float = 1.0  # BatchNorm beta: learning rate x this, weight decay / this
-    whiten: bool = False  # frozen PCA-whitening first layer + 1x1 conv
-    crop_padding: int = 4
-    target: Optional[float] = 0.94
-    seed: int = 0
-    # data parallelism (fastcifar.distribute): one device, or tf.distribute's mirrored
-    # strategies; `replicas` 0 = every local GPU (mirrored) / one replica per worker
-    strategy: str = "auto"
-    replicas: int = 0
-    sync_bn: bool = False  # BatchNorm statistics over the global batch, not each replica's
+    name: str
+    type: type          # int, float, bool or str
+    optional: bool      # None allowed
+    default: Any
+    help: str
+    choices: tuple
+    low: Any
+    high: Any
+    low_open: bool
+    high_open: bool
+    hint: str
+    parse: Any
+    flag: bool
 
-    def validate(self) -> "TrainConfig":
-        def bad(name: str, why: str) -> None:
-            raise ConfigError(f"invalid {name}={getattr(self, name)!r}: {why}")
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
-        if self.recipe not in RECIPES and self.recipe != "custom":
-            bad("recipe", f"choose one of {', '.join(RECIPES)}")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad("epochs", "must be an integer >= 1")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            bad("batch_size", "must be an integer >= 1")
-        if not isinstance(self.width, int) or self.width < 1:
-            bad("width", "must be an integer >= 1 (the tutorial uses 64)")
-        if not self.lr_peak > 0:
-            bad("lr_peak", "must be > 0")
-        if not 0.0 <= self.peak_fraction < 1.0:
-            bad("peak_fraction", "must be in [0, 1)")
-        if not 0.0 <= self.momentum < 1.0:
-            bad("momentum", "must be in [0, 1)")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", "must be >= 0 (0 reproduces the tutorial as it actually ran)")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        if not isinstance(self.cutout, int) or not 0 <= self.cutout <= 32:
-            bad("cutout", "must be an integer side length in [0, 32] (0 turns it off)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            bad("label_smoothing", "must be in [0, 1), e.g. 0.2")
-        if not 0.0 <= self.ema < 1.0:
-            bad("ema", "must be a decay in [0, 1), e.g. 0.99 (0 turns it off)")
-        if self.tta not in ("none", "flip", "flip_translate"):
-            bad("tta", "choose none, flip or flip_translate")
-        if self.activation not in ("relu", "celu", "gelu"):
-            bad("activation", "choose relu, celu or gelu")
-        if not self.bias_lr_scale > 0:
-            bad("bias_lr_scale", "must be > 0 (64 in the bag of tricks, 1 = off)")
-        if self.alternating_flip and not self.flip:
-            bad("alternating_flip", "needs flip=True")
-        if not isinstance(self.crop_padding, int) or not 0 <= self.crop_padding <= 16:
-            bad("crop_padding", "must be an integer in [0, 16]")
-        if self.target is not None and not 0.0 < self.target <= 1.0:
-            bad("target", "must be a fraction in (0, 1], e.g. 0.93")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            bad("seed", "must be an integer >= 0")
-        if self.strategy not in STRATEGIES:
-            bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
-        if not isinstance(self.replicas, int) or self.replicas < 0:
-            bad("replicas", "must be an integer >= 0 (0 = every local device)")
-        if self.strategy == "auto" and self.replicas > 1:
-            bad("replicas", "needs strategy='mirrored' (one device otherwise)")
-        if self.replicas > 1 and self.batch_size % self.replicas:
-            raise ConfigError(f"invalid batch_size={self.batch_size}: it does not split evenly "
-                              f"across {self.replicas} replicas; use a multiple of "
-                              f"{self.replicas}")
+    def allowed(self) -> str:
+        """The allowed values in words: "one of a, b", "an integer >= 1", "in [0, 1)"."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.type is bool:
+            return "true or false"
+        noun = "an integer" if self.type is int else "a number"
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return (f"{'(' if self.low_open else '['}{lo}, {hi}"
+                    f"{')' if self.high_open else ']'}")
+        if lo is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {lo}"
+        if hi is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {hi}"
+        return noun if self.type is not str else "text"
+
+    def problem(self, value) -> Optional[str]:
+        """Why `value` is not allowed, or None."""
+        if value is None:
+            return None if self.optional else "must be set"
+        if self.type is bool:
+            return None if isinstance(value, bool) else "must be True or False"
+        if self.type is str:
+            if not isinstance(value, str):
+                return "must be text"
+            if self.choices and value not in self.choices:
+                return f"choose {self.allowed()}"
+            return None
+        integer = self.type is int
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return f"must be {self.allowed() if integer else 'a finite number'}"
+        if not integer and not math.isfinite(value):
+            return "must be a finite number"
+        too_low = self.low is not None and (value <= self.low if self.low_open
+                                            else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open
+                                              else value > self.high)
+        if too_low or too_high:
+            return f"must be {self.allowed()}" if integer or self.high is None \
+                else f"must be in {self.allowed()}"
+        return None
+
+
+def settings(cls) -> list:
+    """The `Setting` of every field of a config class, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        kind, optional = hints[f.name], False
+        if typing.get_origin(kind) is typing.Union:
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            kind, optional = args[0], True
+        out.append(Setting(f.name, kind, optional, f.default, **f.metadata))
+    return out
+
+
+class _Settings:
+    """validate / replace / to_dict for both config classes."""
+
+    def validate(self):
+        for s in settings(type(self)):
+            why = s.problem(getattr(self, s.name))
+            if why:
+                hint = f" {s.hint}" if s.hint else ""
+                raise ConfigError(f"invalid {s.name}={getattr(self, s.name)!r}: {why}{hint}")
+        self._check_together()
         return self
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def _check_together(self) -> None:
+        """Rules that involve more than one field."""
+
+    def replace(self, **changes: Any):
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
@@ -118,50 +139,98 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _target(text: str) -> float:
+    return parse_fraction(text, "target")
+
+
 @dataclass(frozen=True)
-class RuntimeConfig:
+class TrainConfig(_Settings):
+    """One training recipe. Defaults are the `davidnet` recipe (David Page's original)."""
+
+    recipe: str = setting("davidnet", "the recipe these values started from", flag=False)
+    epochs: int = setting(24, "epochs to train", low=1)
+    batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1)
+    width: int = setting(64, "channels of the first layer, c", low=1,
+                         hint="(the tutorial uses 64)")
+    lr_peak: float = setting(0.4, "peak learning rate (per example: divided by the batch "
+                             "size)", low=0, low_open=True)
+    # The tutorial peaks at epoch (24+1)//5 = 5 of 24; kept as a fraction so short runs warm up.
+    peak_fraction: float = setting(5 / 24, "where the learning rate peaks, as a fraction of "
+                                   "the run", low=0, high=1, high_open=True)
+    momentum: float = setting(0.9, "Nesterov momentum", low=0, high=1, high_open=True)
+    weight_decay: float = setting(5e-4, "coupled L2, times the batch size", low=0,
+                                  hint="(0 reproduces the tutorial as it actually ran)")
+    dropout: float = setting(0.0, "dropout after every conv (the tutorial: 0.05)", low=0,
+                             high=1, high_open=True)
+    cutout: int = setting(8, "cutout square side in pixels (0 = off)", low=0, high=32)
+    flip: bool = setting(True, "random horizontal flip")
+    alternating_flip: bool = setting(False, "mirror each image every other epoch instead "
+                                     "of at random (airbench)")
+    label_smoothing: float = setting(0.0, "label smoothing, e.g. 0.2 (0 = off)", low=0,
+                                     high=1, high_open=True)
+    ema: float = setting(0.0, "decay of a moving average of the weights that evaluation "
+                         "uses, e.g. 0.99 (0 = off)", low=0, high=1, high_open=True)
+    tta: str = setting("none", "test-time augmentation: the image; + its mirror; + both "
+                       "shifted one pixel each way", choices=("none", "flip", "flip_translate"))
+    activation: str = setting("relu", "activation after every BatchNorm",
+                              choices=("relu", "celu", "gelu"))
+    frozen_bn_scale: bool = setting(False, "BatchNorm scale fixed at 1")
+    bias_lr_scale: float = setting(1.0, "BatchNorm bias: learning rate x this, weight decay "
+                                   "/ this", low=0, low_open=True,
+                                   hint="(64 in the bag of tricks, 1 = off)")
+    whiten: bool = setting(False, "frozen PCA-whitening first layer + a 1x1 conv")
+    crop_padding: int = setting(4, "reflect padding for the random crop, in pixels",
+                                low=0, high=16)
+    target: Optional[float] = setting(0.94, "test accuracy to reach, e.g. 0.93 or 93%",
+                                      low=0, low_open=True, high=1, parse=_target)
+    seed: int = setting(0, "random seed: initial weights, data order, augmentation", low=0)
+    strategy: str = setting("auto", "auto: one device; mirrored: every local GPU (or "
+                            "--replicas logical CPU devices); multiworker: the cluster "
+                            "in TF_CONFIG", choices=("auto", "mirrored", "multiworker"))
+    replicas: int = setting(0, "mirrored: how many local devices (0 = every GPU; on a "
+                            "CPU-only machine, the CPU split in N)", low=0)
+    sync_bn: bool = setting(False, "BatchNorm statistics over the global batch, not each "
+                            "replica's share")
+
+    def _check_together(self) -> None:
+        if self.recipe not in RECIPES and self.recipe != "custom":
+            raise ConfigError(f"invalid recipe={self.recipe!r}: choose one of "
+                              f"{', '.join(RECIPES)}")
+        if self.alternating_flip and not self.flip:
+            raise ConfigError("invalid alternating_flip=True: needs flip=True")
+        if self.strategy == "auto" and self.replicas > 1:
+            raise ConfigError(f"invalid replicas={self.replicas}: needs strategy='mirrored' "
+                              f"(one device otherwise)")
+        if self.replicas > 1 and self.batch_size % self.replicas:
+            raise ConfigError(f"invalid batch_size={self.batch_size}: it does not split "
+                              f"evenly across {self.replicas} replicas; use a multiple of "
+                              f"{self.replicas}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(_Settings):
     """How a recipe runs. `auto` values are resolved by `fastcifar.runtime.resolve`."""
 
-    precision: str = "auto"
-    xla: Optional[bool] = None  # None = auto
-    steps_per_call: int = 8
-    deterministic: bool = False
-    data_layout: str = "auto"  # uint8 padded set + normalise in step, or pre-normalised compute dtype
-    eval_batch_size: int = 1000
-    device: Optional[str] = None  # e.g. "/GPU:0"; None = first GPU, else CPU
-    # multiworker: longest wait for every peer to join, and for any collective to finish
-    peer_timeout: float = 120.0
-
-    def validate(self) -> "RuntimeConfig":
-        def bad(name: str, why: str) -> None:
-            raise ConfigError(f"invalid {name}={getattr(self, name)!r}: {why}")
-
-        if self.precision not in PRECISIONS:
-            bad("precision", f"choose one of {', '.join(PRECISIONS)}")
-        if self.xla not in (None, True, False):
-            bad("xla", "must be True, False or None (auto)")
-        if not isinstance(self.steps_per_call, int) or self.steps_per_call < 1:
-            bad("steps_per_call", "must be an integer >= 1")
-        if self.data_layout not in DATA_LAYOUTS:
-            bad("data_layout", f"choose one of {', '.join(DATA_LAYOUTS)}")
-        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
-            bad("eval_batch_size", "must be an integer >= 1")
-        if not (isinstance(self.peer_timeout, (int, float)) and self.peer_timeout > 0):
-            bad("peer_timeout", "must be a number of seconds > 0")
-        return self
-
-    def replace(self, **changes: Any) -> "RuntimeConfig":
-        return dataclasses.replace(self, **changes).validate()
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    precision: str = setting("auto", "auto, or float32 / mixed_bfloat16 / mixed_float16",
+                             choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))
+    xla: Optional[bool] = setting(None, "compile steps with XLA (default: auto)")
+    steps_per_call: int = setting(8, "training steps per compiled call", low=1)
+    deterministic: bool = setting(False, "TensorFlow op determinism (slower)")
+    data_layout: str = setting("auto", "training set on the device as uint8 (normalised "
+                               "in the step) or pre-normalised in the compute dtype",
+                               choices=("auto", "uint8", "compute"))
+    eval_batch_size: int = setting(1000, "test images per evaluation batch", low=1)
+    device: Optional[str] = setting(None, "e.g. /GPU:1 (default: first GPU, else CPU)")
+    peer_timeout: float = setting(120.0, "multiworker: seconds to wait for every worker to "
+                                  "join, and for any step to make progress",
+                                  low=0, low_open=True)
 
 
 RECIPES: Mapping[str, Mapping[str, Any]] = {
     # The tutorial as written: dropout 0.05, no cutout, 93% target. Its weight decay never
     # ran (a rebinding bug); here it does. weight_decay=0 reproduces the tutorial as it ran.
-    "seed": dict(recipe="seed", epochs=24, batch_size=512, lr_peak=0.4, dropout=0.05,
-                 cutout=0, weight_decay=5e-4, target=0.93),
+    "tutorial": dict(recipe="tutorial", epochs=24, batch_size=512, lr_peak=0.4, dropout=0.05,
+                     cutout=0, weight_decay=5e-4, target=0.93),
     # David Page's original: no dropout, 8x8 cutout, 94% target.
     "davidnet": dict(recipe="davidnet", epochs=24, batch_size=512, lr_peak=0.4, dropout=0.0,
                      cutout=8, weight_decay=5e-4, target=0.94),
@@ -172,6 +241,9 @@ RECIPES: Mapping[str, Mapping[str, Any]] = {
                  whiten=True, frozen_bn_scale=True, bias_lr_scale=64.0, ema=0.99,
                  tta="flip_translate", alternating_flip=True),
 }
+
+# Old recipe names, kept working for one release (0.2; removed in 0.3).
+RECIPE_ALIASES: Mapping[str, str] = {"seed": "tutorial"}
 
 # technique -> the overrides that switch it off (for `fastcifar bench ablate`)
 FAST_TECHNIQUES: Mapping[str, Mapping[str, Any]] = {
@@ -184,13 +256,46 @@ FAST_TECHNIQUES: Mapping[str, Mapping[str, Any]] = {
 }
 
 
-def recipe(name: str, **overrides: Any) -> TrainConfig:
-    """The named recipe with `overrides` applied, validated."""
+def recipe_name(name: str) -> str:
+    """The current name of a recipe (an old alias is translated, with a FutureWarning)."""
+    if name in RECIPE_ALIASES:
+        import warnings
+
+        warnings.warn(f"recipe {name!r} is now called {RECIPE_ALIASES[name]!r}; the old "
+                      f"name will be removed in fastcifar 0.3", FutureWarning, stacklevel=3)
+        return RECIPE_ALIASES[name]
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    base = dict(RECIPES[name])
+    return name
+
+
+def recipe(name: str, **overrides: Any) -> TrainConfig:
+    """The named recipe with `overrides` applied (None = keep the recipe's value), validated."""
+    base = dict(RECIPES[recipe_name(name)])
     base.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(base) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     return TrainConfig(**base).validate()
+
+
+def settings_table() -> str:
+    """The README's table of every setting (regenerate with `python -m fastcifar.config`)."""
+    rows = ["| flag | field | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for cls in (TrainConfig, RuntimeConfig):
+        for s in settings(cls):
+            if not s.flag:
+                continue
+            default = "auto" if s.default is None else s.default
+            if isinstance(default, float):
+                default = f"{default:.4g}"
+            flag = (f"`{s.flag_name}` / `--no-{s.flag_name[2:]}`" if s.type is bool
+                    else f"`{s.flag_name}`")
+            allowed = s.allowed() + (", or auto" if s.optional and s.type is not str else "")
+            rows.append(f"| {flag} | `{cls.__name__}.{s.name}` | {default} | {allowed} "
+                        f"| {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

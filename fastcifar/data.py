@@ -20,6 +20,9 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import DataError
+from .util import atomic_path, content_hash
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -29,10 +32,6 @@ BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """Unusable data: the message names the file and what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +58,6 @@ class Dataset:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FASTCIFAR_DATA", Path.home() / ".cache" / "fastcifar"))
-
-
-def content_hash(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.data)
-    return h.hexdigest()
 
 
 def make_dataset(x_train, y_train, x_test, y_test, name: str,
@@ -185,30 +175,26 @@ def download_cifar10(quiet: bool = False) -> Path:
     except OSError as e:
         raise DataError(f"cannot create the data cache {target.parent} ({e}); set "
                         f"FASTCIFAR_DATA to a writable folder") from None
-    fd, tmp = tempfile.mkstemp(prefix=ARCHIVE_NAME + ".", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
-            with tqdm(total=total, unit="B", unit_scale=True, disable=quiet,
-                      desc=f"downloading {ARCHIVE_NAME}") as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        got = _sha256_file(Path(tmp))
-        if got != expected:
-            raise DataError(f"checksum mismatch for {url} (sha256 {got[:12]}..., expected "
-                            f"{expected[:12]}...): {hint}")
-        os.replace(tmp, target)
+        with atomic_path(str(target), suffix=".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                from tqdm import tqdm
+                with tqdm(total=total, unit="B", unit_scale=True, disable=quiet,
+                          desc=f"downloading {ARCHIVE_NAME}") as bar:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            got = _sha256_file(Path(tmp))
+            if got != expected:
+                raise DataError(f"checksum mismatch for {url} (sha256 {got[:12]}..., "
+                                f"expected {expected[:12]}...): {hint}")
         return target
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"could not download CIFAR-10 from {url} ({type(e).__name__}: {e}); "
                         f"{hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- image-folder trees ----------------------------------------------------------------
@@ -278,11 +264,9 @@ def load_image_folder(root: Path, quiet: bool = True) -> Dataset:
     ds = make_dataset(*_decode_images(train_files), *_decode_images(test_files), name, classes)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cached.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(str(cached), suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                      y_test=ds.y_test)
-        os.replace(tmp, cached)
     except OSError:
         pass  # the cache is an optimisation; an unwritable cache must not stop training
     return ds

@@ -8,13 +8,17 @@ is no GPU, so the multi-replica path runs and is tested on any machine. `multiwo
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from .cluster import heartbeat, parse_tf_config
-from .config import ConfigError, RuntimeConfig, TrainConfig
+from .cluster import parse_tf_config
+from .config import RuntimeConfig, TrainConfig
+from .errors import ConfigError, PeerError
+from .util import content_hash
 
 
 def split_cpu(n: int) -> None:
@@ -66,9 +70,70 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
     # (TensorFlow's own heartbeats usually report it sooner).
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=float(runtime.peer_timeout))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    heartbeat("ready")  # every peer joined: the supervisor's start-up deadline is met
-    return strategy
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+class Placement:
+    """Where the trainer's tensors live and how a step runs: one device, or the replicas
+    of a `tf.distribute` strategy. The trainer asks this object and never branches on
+    the replica count itself; on one device every method is the plain operation."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, device: str):
+        self.strategy = strategy
+        self.distributed = is_distributed(strategy)
+        self.devices = replica_devices(strategy) if self.distributed else [device]
+        self.count = strategy.num_replicas_in_sync
+
+    def scope(self):
+        """Where state is created: the strategy's devices, or the one device."""
+        return self.strategy.scope() if self.distributed else tf.device(self.devices[0])
+
+    def per_replica(self, make):
+        """`make(replica_id, num_replicas)` on every replica's device."""
+        if not self.distributed:
+            with tf.device(self.devices[0]):
+                return tf.identity(make(0, 1))
+        return per_replica(self.strategy, make)
+
+    def first(self, value):
+        """The first local copy of a per-replica value (the value itself on one device)."""
+        return local_value(self.strategy, value) if self.distributed else value
+
+    def copies(self, value) -> list:
+        """Every local copy of a per-replica value."""
+        return list(self.strategy.experimental_local_results(value))
+
+    def run_and_sum(self, fn, args):
+        """`fn(*args)` on every replica; its result vector summed over the replicas."""
+        out = self.strategy.run(fn, args=args)
+        if not self.distributed:
+            return out
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+
+
+def replica_slice(global_batch: int):
+    """(offset, size) of this replica's share of a global batch, inside a replica step."""
+    ctx = tf.distribute.get_replica_context()
+    size = global_batch // ctx.num_replicas_in_sync
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int64) * size, size
+
+
+@contextlib.contextmanager
+def peer_errors(native_log: Optional[str] = None):
+    """A lost multi-worker peer (TensorFlow aborts the collectives) becomes one PeerError."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError) as e:
+        lines = str(e.message).splitlines()
+        first = next((line.strip() for line in lines
+                      if "unhealthy" in line or "abort" in line.lower()
+                      or "deadline" in line.lower()),
+                     lines[0] if lines else type(e).__name__)
+        raise PeerError(f"lost contact with a worker peer ({type(e).__name__}: {first}); "
+                        f"check every worker's log and restart all of them"
+                        + (f" (TensorFlow's log: {native_log})" if native_log else "")
+                        ) from None
 
 
 def is_distributed(strategy: tf.distribute.Strategy) -> bool:
@@ -100,11 +165,12 @@ def local_value(strategy: tf.distribute.Strategy, value):
     return strategy.experimental_local_results(value)[0]
 
 
-def replica_local_variable(initial, name: str, dtype=None) -> tf.Variable:
+def replica_local_variable(initial, name: str, dtype=None, shape=None) -> tf.Variable:
     """State every replica computes identically by construction (step counter, augmentation
     tables, weight averages): each keeps its own copy and no update crosses devices.
-    Read from outside a replica it is the first replica's; assigned, every copy's."""
-    return tf.Variable(initial, dtype=dtype, trainable=False, name=name,
+    Read from outside a replica it is the first replica's; assigned, every copy's.
+    `shape` may leave dimensions open (None) for state sized by the data."""
+    return tf.Variable(initial, dtype=dtype, trainable=False, name=name, shape=shape,
                        synchronization=tf.VariableSynchronization.ON_READ,
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
@@ -112,8 +178,6 @@ def replica_local_variable(initial, name: str, dtype=None) -> tf.Variable:
 def weights_checksum(model) -> str:
     """sha256 over every weight as float32, in model order: equal on every worker of a
     correct data-parallel run."""
-    from .data import content_hash
-
     return content_hash(*[np.asarray(v.numpy(), np.float32) for v in model.weights])[:16]
 
 

@@ -37,24 +37,32 @@ def _trainer(precision, xla, width=8, batch=32, seed=0):
                                  eval_batch_size=50))
 
 
-def _loss_of_first_step(tr, dd):
-    tr._build(dd.n_train)
-    tr.step.assign(tr.steps_per_epoch(dd.n_train))
-    return float(tr.train_steps(dd, 1)[0].numpy()) / tr.config.batch_size
+def _loss_of_first_step(tr, data):
+    tr.step.assign(tr.steps_per_epoch(data.n_train))
+    return float(tr.train_steps(data, 1)[0].numpy()) / tr.config.batch_size
 
 
-def run_checks(device_kind: str) -> list:
-    from .data import synthetic
-    from .runtime import nvml_index, resolve
+def run_checks() -> dict:
+    """Every check on this machine; returns a `doctor` result (schema of fastcifar.results)."""
+    import tensorflow as tf
+
+    from . import results as results_mod
     from .config import RuntimeConfig
+    from .data import synthetic
+    from .runtime import environment, resolve
 
+    if not tf.config.list_physical_devices("GPU"):
+        from .distribute import split_cpu
+
+        split_cpu(2)  # for the data-parallel check; before TensorFlow initialises
+    resolved = resolve(RuntimeConfig())
+    device_kind = resolved.device_kind
     ds = synthetic(256, 50, learnable=True)
     results = []
 
     def overflow():
         tr = _trainer("mixed_float16", xla=device_kind == "GPU")
         dd = tr.prepare(ds)
-        tr._build(dd.n_train)
         tr.step.assign(8)
         w0 = [v.numpy().copy() for v in tr.model.trainable_variables]
         tr.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow
@@ -87,32 +95,28 @@ def run_checks(device_kind: str) -> list:
                             f"{losses['float32']:.4f} (rel diff {diff:.1e}, tolerance {tol})")
 
     def nvml_mapping():
-        rt = resolve(RuntimeConfig())
-        if rt.device_kind != "GPU":
-            from .monitor import Monitor
+        from .bench import nvml_indices
+        from .monitor import Monitor
 
+        rt = resolved
+        if rt.device_kind != "GPU":
             m = Monitor(interval=0.05)
             return True, (f"no GPU: monitor source {m.source_name} "
                           f"({m.why_not_nvml or 'NVML usable'})")
-        idx = nvml_index(rt.device)
+        idx = nvml_indices([rt.device])[0]
         if idx is None:
             return False, f"{rt.device} could not be matched to an NVML device by PCI bus id"
-        import pynvml
-
-        pynvml.nvmlInit()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(idx))
-        pynvml.nvmlShutdown()
-        name = name.decode() if isinstance(name, bytes) else name
+        name = Monitor(interval=0.05, gpu_indices=[idx]).source.names[0]
         return True, f"{rt.device} ({rt.device_name}) = NVML device {idx} ({name})"
 
     def fraction_of_peak():
-        from .bench import step_benchmark
-        from .config import RuntimeConfig, recipe
+        from .bench import time_steps
+        from .config import recipe
 
         width, batch = (64, 512) if device_kind == "GPU" else (32, 128)
         big = synthetic(4 * batch, 100)
-        r = step_benchmark(recipe("seed", width=width, batch_size=batch), RuntimeConfig(),
-                           big, steps=2, reps=3)
+        r, _ = time_steps(recipe("tutorial", width=width, batch_size=batch), RuntimeConfig(),
+                          big, steps=2, reps=3)
         if "error" in r:
             return False, r["error"]
         f = r["fraction_of_peak"]
@@ -123,7 +127,7 @@ def run_checks(device_kind: str) -> list:
     def data_parallel():
         import tensorflow as tf
 
-        from .config import RuntimeConfig, TrainConfig
+        from .config import TrainConfig
         from .distribute import distance_moved
         from .train import Trainer
 
@@ -155,4 +159,7 @@ def run_checks(device_kind: str) -> list:
     results.append(_check("monitor: NVML device = TF device (PCI bus id)", nvml_mapping))
     results.append(_check("achieved fraction of peak", fraction_of_peak))
     results.append(_check("data-parallel step = one-device step", data_parallel))
-    return results
+    failed = sum(c["status"] != "pass" for c in results)
+    return results_mod.build("doctor", {}, resolved.to_dict(), environment(), {},
+                             {"passed": len(results) - failed, "failed": failed},
+                             checks=results)

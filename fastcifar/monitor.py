@@ -17,7 +17,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
+
+from .util import summarize
 
 # (unix time in seconds, metric name, value)
 Sample = Tuple[float, str, float]
@@ -33,24 +35,6 @@ LABELS = {
                              "most of the card; see peak_memory_bytes for TF's own peak)",
     "process_cpu_pct": "process CPU utilisation, % of all cores",
 }
-
-
-def percentile(sorted_values: List[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def summarize(values: Iterable[float]) -> Optional[dict]:
-    v = sorted(values)
-    if not v:
-        return None
-    return {"mean": sum(v) / len(v), "median": percentile(v, 50), "p10": percentile(v, 10),
-            "p90": percentile(v, 90), "max": v[-1], "min": v[0], "count": len(v)}
 
 
 # --- sources ---------------------------------------------------------------------------

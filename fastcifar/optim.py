@@ -57,7 +57,7 @@ def lr_tensor(step, steps_per_epoch: int, epochs: int, peak_fraction: float, lr_
               batch_size: int):
     """The same schedule as a float32 tensor of the int64 step counter (compiles in XLA)."""
     (x0, x1, x2), (_, peak, _) = schedule_points(epochs, peak_fraction, lr_peak)
-    t = tf.cast(step, tf.float32) / float(steps_per_epoch)
+    t = tf.cast(step, tf.float32) / tf.cast(steps_per_epoch, tf.float32)
     up = t / x1 if x1 > 0 else tf.ones_like(t)
     down = (x2 - t) / (x2 - x1)
     lr = peak * tf.where(t < x1, up, down)

@@ -8,7 +8,9 @@ and the utilisation timeline summary per window. Needs the `plot` extra (matplot
 from __future__ import annotations
 
 import os
-import tempfile
+
+from .errors import UserError
+from .util import atomic_path
 
 
 def _curves(result):
@@ -24,9 +26,7 @@ def render(results: list, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from .config import ConfigError
-
-        raise ConfigError("fastcifar report needs matplotlib: pip install 'fastcifar[plot]'") \
+        raise UserError("fastcifar report needs matplotlib: pip install 'fastcifar[plot]'") \
             from None
     curves = [(os.path.basename(p), _curves(r)) for p, r in results]
     curves = [(n, c) for n, c in curves if c]
@@ -36,9 +36,7 @@ def render(results: list, path: str) -> None:
     utils = [(n, u) for n, u in utils if u and u.get("median") is not None]
     panels = [x for x in (("curve", curves), ("steps", steps), ("util", utils)) if x[1]]
     if not panels:
-        from .config import ConfigError
-
-        raise ConfigError("nothing to plot: the results hold no history, curve, step times "
+        raise UserError("nothing to plot: the results hold no history, curve, step times "
                           "or utilisation")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (kind, data) in zip(axes[0], panels):
@@ -75,13 +73,8 @@ def render(results: list, path: str) -> None:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Optional
 
-from .config import ConfigError
+from .errors import UserError
+from .util import atomic_path
 
 SCHEMA_VERSION = 1
 
@@ -34,14 +34,16 @@ METRIC_INFO = {
     "achieved_flops_per_sec": ("FLOP/s", "higher"),
     "peak_flops_per_sec": ("FLOP/s", "none"),
     "fraction_of_peak": ("fraction", "higher"),
-    "speedup_vs_seed": ("ratio", "higher"),
-    "seed_images_per_sec": ("images/s", "none"),
+    "speedup_vs_tutorial": ("ratio", "higher"),
+    "speedup_vs_seed": ("ratio (old name of speedup_vs_tutorial, removed in 0.3)", "higher"),
+    "tutorial_images_per_sec": ("images/s", "none"),
     "fast_images_per_sec": ("images/s", "higher"),
     "final_test_acc_std": ("fraction", "lower"),
     "fraction_reaching_target": ("fraction", "higher"),
     "curve": ("[seconds, test accuracy]", "none"),
     "load_seconds": ("s", "lower"),
     "utilization": ("% (kernel-busy on GPU, share of all cores on CPU)", "higher"),
+    "weights_checksum": ("sha256 prefix of the final float32 weights", "none"),
 }
 
 
@@ -79,29 +81,22 @@ def _finite(obj):
 def check_writable(path: str, suffix: Optional[str] = None) -> None:
     """Fail before any work when an output cannot be written."""
     if suffix and not str(path).endswith(suffix):
-        raise ConfigError(f"invalid output path {path!r}: it must end in {suffix}")
+        raise UserError(f"invalid output path {path!r}: it must end in {suffix}")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
-        raise ConfigError(f"cannot write {path}: folder {d} does not exist; create it first")
+        raise UserError(f"cannot write {path}: folder {d} does not exist; create it first")
     if not os.access(d, os.W_OK):
-        raise ConfigError(f"cannot write {path}: folder {d} is not writable; choose another "
+        raise UserError(f"cannot write {path}: folder {d} is not writable; choose another "
                           f"path")
     if os.path.isdir(path):
-        raise ConfigError(f"cannot write {path}: it is a folder; give a file name")
+        raise UserError(f"cannot write {path}: it is a folder; give a file name")
 
 
 def write_json(path: str, obj: dict) -> None:
     """Temp file + rename: a reader never sees half a result, an interrupt leaves none."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastcifar-", suffix=".json.tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".json.tmp") as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def read_json(path: str) -> dict:
@@ -109,11 +104,11 @@ def read_json(path: str) -> dict:
         with open(path) as f:
             obj = json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"no such result file {path}") from None
+        raise UserError(f"no such result file {path}") from None
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} is not a readable JSON result ({e})") from None
+        raise UserError(f"{path} is not a readable JSON result ({e})") from None
     if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION:
         got = obj.get("schema_version") if isinstance(obj, dict) else None
-        raise ConfigError(f"{path} is not a fastcifar result of schema {SCHEMA_VERSION} "
+        raise UserError(f"{path} is not a fastcifar result of schema {SCHEMA_VERSION} "
                           f"(schema_version={got!r}); re-run the benchmark with this version")
     return obj

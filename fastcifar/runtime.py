@@ -12,10 +12,12 @@ import platform
 from dataclasses import dataclass
 
 from .config import RuntimeConfig
+from .errors import ConfigError
+from .util import cpu_info
 
 
 @dataclass(frozen=True)
-class Resolved:
+class ResolvedRuntime:
     device: str          # TF device name, e.g. "/GPU:0" or "/CPU:0"
     device_kind: str     # "GPU" or "CPU"
     device_name: str     # human-readable model
@@ -32,30 +34,8 @@ class Resolved:
                 "replicas": 1, "why": self.why}
 
 
-def cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_has_bf16() -> bool:
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16"})
 
 
 def gpu_compute_capability(device) -> tuple:
@@ -65,22 +45,20 @@ def gpu_compute_capability(device) -> tuple:
     return tuple(details.get("compute_capability") or (0, 0))
 
 
-def resolve(rt: RuntimeConfig) -> Resolved:
+def resolve(config: RuntimeConfig) -> ResolvedRuntime:
     """Turn `auto` into concrete choices for this machine, and say why."""
     import tensorflow as tf
 
-    rt.validate()
+    config.validate()
     gpus = tf.config.list_physical_devices("GPU")
-    want = rt.device
+    want = config.device
     use_gpu = bool(gpus) and (want is None or "GPU" in want.upper())
     if want is not None and "GPU" in want.upper() and not gpus:
-        from .config import ConfigError
         raise ConfigError(f"invalid device={want!r}: no GPU is visible to TensorFlow; "
                           f"use /CPU:0 or install a CUDA build")
     if use_gpu:
         idx = int(want.split(":")[-1]) if want and ":" in want else 0
         if idx >= len(gpus):
-            from .config import ConfigError
             raise ConfigError(f"invalid device={want!r}: only {len(gpus)} GPU(s) visible")
         dev = gpus[idx]
         details = tf.config.experimental.get_device_details(dev)
@@ -94,7 +72,7 @@ def resolve(rt: RuntimeConfig) -> Resolved:
                   else "no fast fp16 -> float32 + XLA"))
         device, kind = f"/GPU:{idx}", "GPU"
     else:
-        name = cpu_model()
+        name = cpu_info()["model"]
         bf16 = cpu_has_bf16()
         auto_precision = "mixed_bfloat16" if bf16 else "float32"
         auto_xla = False
@@ -102,12 +80,13 @@ def resolve(rt: RuntimeConfig) -> Resolved:
                          else "without native bf16 -> float32")
                + "; XLA off (slower than oneDNN on CPU)")
         device, kind = "/CPU:0", "CPU"
-    precision = auto_precision if rt.precision == "auto" else rt.precision
-    xla = auto_xla if rt.xla is None else bool(rt.xla)
+    precision = auto_precision if config.precision == "auto" else config.precision
+    xla = auto_xla if config.xla is None else bool(config.xla)
     # Measured (README): on CPU the uint8 set + normalise-in-step is as fast as a
     # pre-normalised copy and needs half the memory; on GPU the cast is free too.
-    layout = "uint8" if rt.data_layout == "auto" else rt.data_layout
-    return Resolved(device, kind, name, precision, xla, layout, rt.deterministic, why)
+    layout = "uint8" if config.data_layout == "auto" else config.data_layout
+    return ResolvedRuntime(device, kind, name, precision, xla, layout, config.deterministic,
+                           why)
 
 
 def apply_determinism(enabled: bool) -> None:
@@ -132,7 +111,7 @@ def environment() -> dict:
         "keras": keras.__version__,
         "numpy": __import__("numpy").__version__,
         "platform": platform.platform(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_info()["model"],
         "cpu_count": os.cpu_count(),
         "tf_build": {k: build.get(k) for k in ("is_cuda_build", "cuda_version", "cudnn_version")},
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -171,22 +150,6 @@ def pci_bus_id(tf_device: str):
                 if key.strip() == "pci bus id":
                     return value.strip()
     return None
-
-
-def nvml_index(tf_device: str, pynvml=None):
-    """The NVML index of the GPU TensorFlow calls `tf_device`, matched by PCI bus id
-    (CUDA and NVML number devices differently). None on CPU or without NVML."""
-    if "GPU" not in tf_device.upper():
-        return None
-    bus = pci_bus_id(tf_device)
-    if bus is None:
-        return None
-    from .monitor import nvml_index_for_pci_bus_id
-
-    try:
-        return nvml_index_for_pci_bus_id(bus, pynvml=pynvml)
-    except Exception:
-        return None
 
 
 def peak_memory_bytes(tf_device: str):

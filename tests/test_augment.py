@@ -33,7 +33,8 @@ def test_augment_draws_all_81_offsets_and_differs_within_a_batch():
     assert len(set(zip(dy[:512], dx[:512]))) > 50
     # and the augmented batch really is the slice at the drawn offsets
     x = _padded_batch(8, seed=1)
-    out = augment.augment(tf.constant(x), tf.constant(u[:8]), 4, False, 0).numpy()
+    out = augment.augment(tf.constant(x), tf.constant(u[:8]), lambda v: v, pad=4,
+                          do_flip=False, cutout_size=0).numpy()
     for i in range(8):
         np.testing.assert_array_equal(out[i], x[i, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32])
 
@@ -61,7 +62,8 @@ def test_cutout_zeroes_one_square_of_the_given_size():
 
 def test_cutout_positions_stay_inside_the_image():
     u, _ = augment.epoch_table(0, 1, 2000)
-    out = augment.apply_cutout(tf.ones([2000, 32, 32, 3]), u, 8).numpy()
+    out = augment.augment(tf.ones([2000, 32, 32, 3]), u, lambda v: v, pad=0, do_flip=False,
+                          cutout_size=8).numpy()
     assert ((out == 0).reshape(2000, -1).sum(1) == 8 * 8 * 3).all()
 
 
@@ -77,12 +79,12 @@ def test_epoch_table_depends_only_on_seed_and_epoch():
 
 def test_alternating_flip_mirrors_each_image_every_other_epoch():
     n = 500
-    flips = [augment.epoch_table(4, e, n, alternating_flip=True)[0].numpy()[:, 3] < 0.5
+    flips = [augment.epoch_table(4, e, n, alternating_flip=True)[0].numpy()[:, augment.FLIP] < 0.5
              for e in range(4)]
     for e in range(3):
         assert (flips[e] != flips[e + 1]).all()  # every image switches, every epoch
     assert 0.4 < flips[0].mean() < 0.6
-    random_flips = [augment.epoch_table(4, e, n)[0].numpy()[:, 3] < 0.5 for e in range(2)]
+    random_flips = [augment.epoch_table(4, e, n)[0].numpy()[:, augment.FLIP] < 0.5 for e in range(2)]
     assert (random_flips[0] != random_flips[1]).mean() < 0.7  # the default stays random
 
 

@@ -159,7 +159,6 @@ def test_mixed_float16_loss_scaling_under_mirrored(data):
     tr = Trainer(cfg, RuntimeConfig(precision="mixed_float16", steps_per_call=2,
                                     eval_batch_size=50))
     dd = tr.prepare(data)
-    tr._build(dd.n_train)
     tr.step.assign(2)  # past the lr-0 first step
     w0 = [v.numpy() for v in tr.model.trainable_variables]
     tr.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow everywhere

@@ -33,7 +33,6 @@ def test_bias_lr_scaling_changes_exactly_the_bias_updates():
                             frozen_bn_scale=True, bias_lr_scale=k),
                      RuntimeConfig(precision="float32", xla=False))
         dd = tr.prepare(ds)
-        tr._build(dd.n_train)
         tr.step.assign(4)
         w0 = [v.numpy().copy() for v in tr.model.trainable_variables]
         tr.train_steps(dd, 1)

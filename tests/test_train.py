@@ -55,7 +55,7 @@ def test_n_steps_in_one_call_equal_n_single_calls(f32):
 
 def test_compile_leaves_no_trace(data):
     tr = make_trainer(dropout=0.1)  # dropout adds RNG state to restore
-    tr._build(len(data.x_train))
+    tr.prepare(data)
     tr.step.assign(20)  # lr > 0 so a leaked step would move the weights
     before = tr.snapshot()
     seconds = tr.compile(len(data.x_train), len(data.x_test))
@@ -77,7 +77,7 @@ def test_evaluation_counts_every_test_image_once(f32, data):
     assert len(data.x_test) % 64 != 0
     ev = tr.evaluate_prepared(dd)
     assert ev["count"] == len(data.x_test) == 100
-    logits = tr.model(tr._normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
+    logits = tr.model(tr.normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
     acc = np.mean(np.argmax(logits.numpy(), -1) == data.y_test)
     assert ev["test_acc"] == pytest.approx(acc, abs=1e-6)
 
@@ -99,13 +99,12 @@ def test_weight_decay_changes_the_update_by_lr_times_wd_b_w(data, precision):
     for decay in (0.0, wd):
         tr = make_trainer(precision=precision, weight_decay=decay, seed=3)
         dd = tr.prepare(data)
-        tr._build(dd.n_train)
         start = 8  # start of epoch 1: lr > 0, and the first step of a fresh velocity
         if precision == "mixed_float16":
             tr.optimizer.dynamic_scale.assign(64.0)  # a scale that does not overflow
         w0, w1 = _one_step_delta(tr, dd, start)
         tr.step.assign(start)
-        lr = float(tr._learning_rate().numpy())
+        lr = float(tr.learning_rate().numpy())
         deltas[decay] = (w0, w1, lr)
     w0, w1_plain, lr = deltas[0.0]
     _, w1_decay, _ = deltas[wd]
@@ -120,7 +119,6 @@ def test_weight_decay_changes_the_update_by_lr_times_wd_b_w(data, precision):
 def test_loss_scaling_skips_non_finite_steps_halves_the_scale_and_counts_the_step(data):
     tr = make_trainer(precision="mixed_float16")
     dd = tr.prepare(data)
-    tr._build(dd.n_train)
     tr.step.assign(8)
     opt = tr.optimizer
     opt.dynamic_scale.assign(2.0 ** 40)  # overflows float16 gradients: an injected inf
@@ -140,13 +138,11 @@ def test_loss_scaling_skips_non_finite_steps_halves_the_scale_and_counts_the_ste
 def test_same_seed_same_run_and_batch_size_does_not_change_augmentation(data):
     tr = make_trainer(seed=5)
     dd = tr.prepare(data)
-    tr._build(dd.n_train)
     tr.train_steps(dd, 1)
     table_a, perm_a = tr.table.numpy(), tr.perm.numpy()
     other = Trainer(recipe("davidnet", width=WIDTH, batch_size=64, seed=5),
                     RuntimeConfig(precision="float32", xla=False))
     dd2 = other.prepare(data)
-    other._build(dd2.n_train)
     other.train_steps(dd2, 1)
     np.testing.assert_array_equal(table_a, other.table.numpy())
     np.testing.assert_array_equal(perm_a, other.perm.numpy())
@@ -170,11 +166,10 @@ def test_save_and_predict_round_trip(f32, data, tmp_path):
     import keras
 
     tr, dd = f32
-    tr._last_data = dd
     path = tmp_path / "model.keras"
     tr.save(str(path))
     loaded = keras.models.load_model(path)
-    x = tr._normalise(tf.constant(data.x_test[:8]), dd.mean, dd.std)
+    x = tr.normalise(tf.constant(data.x_test[:8]), dd.mean, dd.std)
     np.testing.assert_allclose(loaded(x, training=False).numpy(), tr.predict(data.x_test[:8]),
                                rtol=1e-5, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
@@ -184,9 +179,8 @@ def test_ema_equals_the_hand_computed_average_after_3_steps(data):
     d = 0.5
     tr = make_trainer(ema=d, seed=4)
     dd = tr.prepare(data)
-    tr._build(dd.n_train)
     tr.step.assign(8)
-    sources = tr._ema_sources()
+    sources = tr.ema_sources()
     hand = [v.numpy().astype(np.float64) for v in sources]  # starts at the initial weights
     for _ in range(3):
         tr.train_steps(dd, 1)
@@ -201,7 +195,7 @@ def test_ema_equals_the_hand_computed_average_after_3_steps(data):
     for v, l in zip(sources, live):
         np.testing.assert_array_equal(v.numpy(), l)
     tr.swap_ema()
-    plain = tr.model(tr._normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
+    plain = tr.model(tr.normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
     tr.swap_ema()
     acc = np.mean(np.argmax(plain.numpy(), -1) == data.y_test)
     assert ev["test_acc"] == pytest.approx(acc, abs=1e-6)
@@ -212,7 +206,7 @@ def test_tta_prediction_is_the_mean_of_the_views(f32, data, mode, n_views):
     from fastcifar.train import tta_views
 
     tr, dd = f32
-    x = tr._normalise(tf.constant(data.x_test[:4]), dd.mean, dd.std)
+    x = tr.normalise(tf.constant(data.x_test[:4]), dd.mean, dd.std)
     views = tta_views(x, mode)
     assert len(views) == n_views
     np.testing.assert_array_equal(views[1].numpy(), x.numpy()[:, :, ::-1])

@@ -1,0 +1,19 @@
+"""What can go wrong that the user can fix. The command line turns any `UserError` into one
+line on stderr and exit code 2, in one place (`fastcifar.cli.main`); library callers catch
+the class they care about."""
+
+
+class UserError(Exception):
+    """Bad input: the message names the problem and the fix, in one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting that cannot work (a recipe field, a runtime choice, a flag)."""
+
+
+class DataError(UserError, ValueError):
+    """Unusable data: the message names the file and what to do about it."""
+
+
+class PeerError(UserError):
+    """A multi-worker peer that never joined, stalled, or was lost mid-run."""

@@ -1,0 +1,100 @@
+"""`run_training`: everything `fastcifar train` does, callable from Python.
+
+Checks the outputs can be written, builds the strategy (before TensorFlow initialises),
+loads the data, trains with the utilisation monitor on, and writes the result JSON, then
+the model, then an optional profile. A multi-worker run started by the command line's
+supervisor reports progress to it through the callback built here; the trainer itself
+knows nothing of supervisors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Optional
+
+from . import cluster, distribute, results
+from .config import RuntimeConfig, TrainConfig
+
+TRAIN_TIMING = ("seconds: data preparation (statistics, padding, upload) plus training; "
+                "excludes compilation (done first on dummy data, state restored) and "
+                "per-epoch evaluation")
+
+
+def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
+                 data: str = "cifar10", *, json_path: Optional[str] = None,
+                 save_path: Optional[str] = None, profile_dir: Optional[str] = None,
+                 quiet: bool = True, on_start: Optional[Callable] = None,
+                 on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train `config` on `data` and return the result (the `fastcifar.results` schema).
+
+    `on_start(trainer, dataset, cluster)` and `on_epoch(row)` let a caller print; in a
+    multi-worker run only worker 0 calls them, writes `json_path` and `save_path`, and
+    worker i writes `json_path` as PATH.worker<i>.json."""
+    from . import data as data_mod
+
+    peers = None
+    native_log = None
+    progress: Callable[..., None] = lambda event="tick": None
+    if config.strategy == "multiworker":
+        peers = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
+        if cluster.is_supervised():
+            native_log = cluster.redirect_native_stderr(peers.rank)
+            progress = cluster.heartbeat
+    chief = peers is None or peers.is_chief
+    json_path = cluster.worker_path(json_path, peers)
+    save_path = save_path if chief else None
+    if json_path:
+        results.check_writable(json_path)
+    if save_path:
+        results.check_writable(save_path, suffix=".keras")
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+
+    # before anything initialises TensorFlow (loading image folders decodes with it)
+    strategy = distribute.make_strategy(config, runtime)
+    progress("ready")  # every peer joined: the supervisor's start-up deadline is met
+    ds = data_mod.load(data, quiet=quiet)
+    progress()
+    from .bench import monitor_for
+    from .monitor import headline
+    from .runtime import environment, peak_memory_bytes
+    from .train import Trainer
+
+    trainer = Trainer(config, runtime, strategy=strategy)
+    if chief and on_start is not None:
+        on_start(trainer, ds, peers)
+    guard = (distribute.peer_errors(native_log) if trainer.distributed
+             else contextlib.nullcontext())
+    with monitor_for(trainer.placement.devices) as monitor, guard:
+        res = trainer.fit(ds, quiet=quiet or not chief,
+                          on_epoch=on_epoch if chief else None, monitor=monitor,
+                          on_progress=progress)
+    described = trainer.describe_runtime()
+    if peers is not None:
+        described["worker"] = peers.rank
+    metrics = {"images_per_sec": res.images_per_sec, "final_test_acc": res.final_test_acc,
+               "final_test_loss": res.final_test_loss,
+               "seconds_to_target": res.seconds_to_target,
+               "train_seconds": res.train_seconds, "prep_seconds": res.prep_seconds,
+               "compile_seconds": res.compile_seconds,
+               "steps_per_epoch": res.steps_per_epoch,
+               "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
+               "utilization": headline(res.utilization),
+               "weights_checksum": distribute.weights_checksum(trainer.model)}
+    result = results.build("train", config.to_dict(), described, environment(),
+                           ds.identity(), metrics, res.history, utilization=res.utilization,
+                           timing=TRAIN_TIMING)
+    if json_path:
+        results.write_json(json_path, result)
+    if save_path:
+        trainer.save(save_path)
+    if profile_dir:
+        from .bench import profile_steps
+
+        data_on_device = trainer.data
+        profile_steps(lambda: float(trainer.train_steps(data_on_device, 1)[0].numpy()),
+                      profile_dir)
+    progress("done")
+    return result
+

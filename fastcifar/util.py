@@ -1,0 +1,99 @@
+"""Small helpers shared by every layer: atomic writes, content hashes, summary statistics,
+the CPU's identity. No TensorFlow and no numpy import at module level."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import tempfile
+from typing import Iterable, Iterator, List, Optional
+
+from .errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary name beside `path` (ending in `suffix`, for writers that insist on an
+    extension) to write to; renamed over `path` when the block ends without error, removed
+    otherwise, so a reader never sees half a file. The file gets the permissions a plain
+    `open()` would give it (umask applied)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastcifar-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def content_hash(*arrays) -> str:
+    """sha256 over dtype, shape and bytes of each array: the identity of a dataset or of a
+    set of weights."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def percentile(sorted_values: List[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: Iterable[float]) -> Optional[dict]:
+    """mean, median, p10, p90, min, max and count of `values` (None when empty)."""
+    v = sorted(float(x) for x in values)
+    if not v:
+        return None
+    return {"mean": sum(v) / len(v), "median": percentile(v, 50), "p10": percentile(v, 10),
+            "p90": percentile(v, 90), "min": v[0], "max": v[-1], "count": len(v)}
+
+
+def parse_fraction(text: str, what: str = "value") -> float:
+    """'10%' or '0.1' -> 0.1; a bare number above 1 is read as a percentage."""
+    try:
+        value = float(str(text).rstrip("%"))
+    except ValueError:
+        raise UserError(f"invalid {what} {text!r}: use a fraction like 0.1 or a "
+                        f"percentage like 10%") from None
+    return value / 100 if str(text).endswith("%") or value > 1 else value
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and feature flags, from /proc/cpuinfo where there is one."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if model is not None and flags:
+                    break
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(), "flags": flags}
