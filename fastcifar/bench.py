@@ -351,3 +351,17 @@ def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
                          ds.identity(), {"final_test_acc": rows[0]["final_test_acc_mean"]},
                          benchmark="ablate", ablation=rows, budget_epochs=budget,
                          seeds=seeds, calibration=calibrate_machine())
+
+
+def ablation_table(result: dict) -> list:
+    """The ablation result as printable lines: one row per variant, against the first."""
+    rows = result["ablation"]
+    base = rows[0]["final_test_acc_mean"]
+    lines = [f"recipe {result['config']['recipe']}, {result['budget_epochs']} epochs, "
+             f"{result['seeds']} seed(s), data {result['dataset']['name']}",
+             f"{'variant':<34} {'final acc (mean)':>16} {'vs all (pp)':>12} {'seconds':>8}"]
+    for row in rows:
+        lines.append(f"{row['variant']:<34} {100 * row['final_test_acc_mean']:>15.2f}% "
+                     f"{100 * (row['final_test_acc_mean'] - base):>+12.2f} "
+                     f"{row['seconds_median']:>8.1f}")
+    return lines

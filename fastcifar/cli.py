@@ -8,117 +8,115 @@ import argparse
 import os
 import sys
 
+from .errors import UserError
+from .runtime import import_tensorflow_quietly
+
 EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + traceback
-        from .errors import UserError
-
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _import_tf_quietly() -> None:
-    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) goes to fd 2 before any
-    logging setting applies; hide it unless FASTCIFAR_TF_LOGS=1, so errors stay one line."""
-    if os.environ.get("FASTCIFAR_TF_LOGS") == "1" or "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def _count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"invalid count {text!r}: use a whole number >= 1")
+    return int(text)
 
 
-# --- parsing -------------------------------------------------------------------------
+def _batch_sizes(text: str) -> tuple:
+    sizes = tuple(int(x) for x in text.split(",") if x.strip().isdigit())
+    if len(sizes) != len(text.split(",")) or min(sizes, default=0) < 1:
+        raise UserError(f"invalid --batch-size {text!r}: use a number >= 1 or a list like "
+                        f"256,512,1024")
+    return sizes
 
-def _add_settings(p: argparse.ArgumentParser, skip=()) -> None:
+
+def _add_settings(parser: argparse.ArgumentParser, skip=()) -> None:
     """One flag per declared setting of TrainConfig and RuntimeConfig; a flag left out
     keeps the recipe's (or the runtime's default) value."""
     from .config import RECIPES, RuntimeConfig, TrainConfig, settings
 
-    p.add_argument("--recipe", help=f"{', '.join(RECIPES)} (fields below override it)")
+    parser.add_argument("--recipe", help=f"{', '.join(RECIPES)} (the flags below override "
+                        "it)")
     for cls in (TrainConfig, RuntimeConfig):
-        group = p.add_argument_group(f"{cls.__name__} settings")
-        for s in settings(cls):
+        group = parser.add_argument_group(f"{cls.__name__} settings")
+        for s in settings(cls):  # s: one declared setting
             if not s.flag or s.name in skip:
                 continue
-            kw = dict(dest=s.name, default=argparse.SUPPRESS, help=s.help)
+            kw = dict(dest=s.name, default=argparse.SUPPRESS,
+                      help=s.help.replace("%", "%%"))
             if s.type is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
-                kw["type"] = s.parse or s.type
-                kw["choices"] = s.choices or None
+                kw.update(type=s.parse or s.type, choices=s.choices or None)
             group.add_argument(s.flag_name, **kw)
-
-
-def _add_output(p, profile: bool = True) -> None:
-    p.add_argument("--json", metavar="PATH", help="write the result JSON here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    if profile:
-        p.add_argument("--profile", metavar="DIR", help="TensorFlow profiler trace of "
-                       "steady-state steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastcifar", description="Fast DavidNet training on CIFAR-10, "
                      "measured honestly.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    t = sub.add_parser("train", help="train a recipe (default: davidnet)")
-    t.add_argument("--data", default="cifar10", help="cifar10 (download/cache, default), "
-                   "synthetic[:N], learnable[:N], or a path to the archive, its folder or an "
-                   "image-folder tree")
-    t.add_argument("--save", metavar="PATH.keras", help="save the trained model")
-    _add_output(t)
-    _add_settings(t)
-    sub.add_parser("info", help="devices, versions, and what `auto` picks and why")
 
-    b = sub.add_parser("bench", help="benchmarks: step (default), accuracy or ablate")
-    kinds = b.add_subparsers(dest="which", parser_class=_Parser)
-    step = kinds.add_parser("step", help="compiled step time, img/s, fraction of peak")
-    step.add_argument("--data", default="synthetic", help="synthetic (default) or any "
-                      "--data spec")
-    step.add_argument("--batch-size", dest="batch_sizes", help="one size or a list: "
-                      "256,512,1024")
-    step.add_argument("--steps", type=int, default=2, help="steps per timed call")
-    step.add_argument("--reps", type=int, default=5, help="timed calls per configuration")
+    def command(parent, name, func, help, data=None, json=True, quiet=True, profile=False):
+        parser = parent.add_parser(name, help=help)
+        parser.set_defaults(func=func)
+        if data:
+            parser.add_argument("--data", default=data, help="cifar10, synthetic[:N], "
+                           "learnable[:N], or a path to the archive, its folder or an "
+                           f"image-folder tree (default {data})")
+        if json:
+            parser.add_argument("--json", metavar="PATH", help="write the result JSON here")
+        if quiet:
+            parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+        if profile:
+            parser.add_argument("--profile", metavar="DIR", help="TensorFlow profiler trace "
+                                "of steady-state steps")
+        return parser
+
+    train = command(sub, "train", cmd_train, "train a recipe (default: davidnet)", "cifar10",
+                    profile=True)
+    train.add_argument("--save", metavar="PATH.keras", help="save the trained model")
+    _add_settings(train)
+    command(sub, "info", cmd_info, "devices, versions, and what `auto` picks and why",
+            json=False, quiet=False)
+    kinds = sub.add_parser("bench", help="benchmarks: step (default), accuracy, ablate") \
+        .add_subparsers(dest="which", parser_class=_Parser, required=True)
+    step = command(kinds, "step", cmd_bench_step, "compiled step time, img/s, fraction of "
+                   "peak", "synthetic", profile=True)
+    step.add_argument("--batch-size", dest="batch_sizes", type=_batch_sizes,
+                      help="one size or a list: 256,512,1024")
+    step.add_argument("--steps", type=_count, default=2, help="steps per timed call")
+    step.add_argument("--reps", type=_count, default=5, help="timed calls per batch size")
     step.add_argument("--compare", choices=("tutorial", "seed"), help="also time the "
                       "tutorial's loop, alternating, and report speedup_vs_tutorial")
-    step.add_argument("--pairs", type=int, default=3, help="A/B pairs for --compare")
-    _add_output(step)
+    step.add_argument("--pairs", type=_count, default=3, help="A/B pairs for --compare")
     _add_settings(step, skip=("batch_size", "steps_per_call"))
-    acc = kinds.add_parser("accuracy", help="seconds to a target accuracy")
-    acc.add_argument("--data", default="cifar10", help="cifar10 (default) or a path")
-    acc.add_argument("--runs", type=int, default=1, help="repeats with seeds seed..seed+N-1")
-    _add_output(acc, profile=False)
+    acc = command(kinds, "accuracy", cmd_bench_accuracy, "seconds to a target accuracy",
+                  "cifar10")
+    acc.add_argument("--runs", type=_count, default=1, help="repeats, seeds seed..seed+N-1")
     _add_settings(acc)
-    ablate = kinds.add_parser("ablate", help="the recipe, then each technique switched off")
-    ablate.add_argument("--data", default="cifar10", help="cifar10 (default) or a path")
-    ablate.add_argument("--budget-epochs", type=int, help="epochs per run")
-    ablate.add_argument("--seeds", type=int, default=1, help="seeds per variant")
-    _add_output(ablate, profile=False)
+    ablate = command(kinds, "ablate", cmd_bench_ablate, "the recipe, then each technique "
+                     "switched off", "cifar10")
+    ablate.add_argument("--budget-epochs", type=_count, help="epochs per run")
+    ablate.add_argument("--seeds", type=_count, default=1, help="seeds per variant")
     _add_settings(ablate)
-
-    d = sub.add_parser("doctor", help="self-check this machine's GPU/CPU paths")
-    d.add_argument("--json", metavar="PATH")
-    r = sub.add_parser("report", help="plot results: accuracy vs seconds, step times, "
-                       "utilisation")
-    r.add_argument("results", nargs="+", metavar="RESULT.json")
-    r.add_argument("-o", "--output", required=True, metavar="report.png")
-    c = sub.add_parser("compare", help="regression gate between two benchmark results")
-    c.add_argument("baseline")
-    c.add_argument("current")
-    c.add_argument("--max-regression", default="10%", help="throughput/time threshold")
-    c.add_argument("--max-acc-drop", type=float, default=0.5,
-                   help="accuracy threshold in percentage points")
-    c.add_argument("--normalize", action="store_true", help="divide throughput by each "
-                   "run's machine calibration")
-    c.add_argument("--force", action="store_true", help="compare across datasets/devices")
+    command(sub, "doctor", cmd_doctor, "self-check this machine's GPU/CPU paths", quiet=False)
+    report = command(sub, "report", cmd_report, "plot results: accuracy vs seconds, step "
+                     "times, utilisation", json=False, quiet=False)
+    report.add_argument("results", nargs="+", metavar="RESULT.json")
+    report.add_argument("-o", "--output", required=True, metavar="report.png")
+    gate = command(sub, "compare", cmd_compare, "regression gate between two benchmark "
+                   "results", json=False, quiet=False)
+    gate.add_argument("baseline")
+    gate.add_argument("current")
+    gate.add_argument("--max-regression", default="10%", help="throughput/time threshold")
+    gate.add_argument("--max-acc-drop", type=float, default=0.5,
+                      help="accuracy threshold in percentage points")
+    gate.add_argument("--normalize", action="store_true", help="divide throughput by each "
+                      "run's machine calibration")
+    gate.add_argument("--force", action="store_true", help="compare across datasets/devices")
     return parser
 
 
@@ -133,19 +131,19 @@ def _configs(args, default_recipe: str = "davidnet"):
         print(f"fastcifar: note: recipe {name!r} is now {RECIPE_ALIASES[name]!r}; the old "
               f"name goes in 0.3", file=sys.stderr)
         name = RECIPE_ALIASES[name]
-    given = vars(args)
-    train = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
-    runtime = {f.name: given[f.name] for f in dataclasses.fields(RuntimeConfig)
-               if f.name in given}
-    return recipe(name, **train), RuntimeConfig(**runtime).validate()
+    given = lambda cls: {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                         if hasattr(args, f.name)}
+    return recipe(name, **given(TrainConfig)), RuntimeConfig(**given(RuntimeConfig)).validate()
 
 
-def _positive(args, *names) -> None:
-    from .errors import UserError
+def _start(args):
+    """Check the output can be written (before any work); the progress printer."""
+    if getattr(args, "json", None):
+        from .results import check_writable
 
-    for name in names:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        check_writable(args.json)
+    return (lambda *a: None) if getattr(args, "quiet", False) else \
+        (lambda *a: print(*a, flush=True))
 
 
 def _write(args, result) -> None:
@@ -164,21 +162,21 @@ def cmd_train(args) -> int:
     if cfg.strategy == "multiworker" and not cluster.is_supervised():
         peers = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
         return cluster.supervise(args.argv, peers, runtime.peer_timeout)
-    _import_tf_quietly()
+    import_tensorflow_quietly()
     from .run import run_training
 
     say = (lambda *a: None) if args.quiet else print
 
     def on_start(trainer, ds, peers):
-        rt = trainer.runtime
+        resolved = trainer.runtime
         where = (f"{trainer.replicas} replicas ({cfg.strategy}"
                  + (f", worker {peers.rank} of {len(peers.workers)}" if peers else "")
                  + f", sync BN {'on' if cfg.sync_bn else 'off'})" if trainer.distributed
-                 else rt.device)
+                 else resolved.device)
         say(f"fastcifar train: recipe {cfg.recipe}, {cfg.epochs} epochs, batch "
-            f"{cfg.batch_size}, width {cfg.width}, {rt.precision}, XLA "
-            f"{'on' if rt.xla else 'off'} on {where} ({rt.device_name}); data {ds.name} "
-            f"({len(ds.x_train)} train / {len(ds.x_test)} test)")
+            f"{cfg.batch_size}, width {cfg.width}, {resolved.precision}, XLA "
+            f"{'on' if resolved.xla else 'off'} on {where} ({resolved.device_name}); data "
+            f"{ds.name} ({len(ds.x_train)} train / {len(ds.x_test)} test)")
         say(f"{'epoch':>5} {'lr':>7} {'train loss':>10} {'train acc':>9} {'test loss':>9} "
             f"{'test acc':>8} {'seconds':>8} {'img/s':>7}")
 
@@ -190,134 +188,98 @@ def cmd_train(args) -> int:
     result = run_training(cfg, runtime, args.data, json_path=args.json, save_path=args.save,
                           profile_dir=args.profile, quiet=args.quiet, on_start=on_start,
                           on_epoch=on_epoch)
-    m, worker = result["metrics"], result["runtime"].get("worker", 0)
-    stt = m["seconds_to_target"]
+    metrics, worker = result["metrics"], result["runtime"].get("worker", 0)
+    reached = metrics["seconds_to_target"]
     if worker == 0:
-        say(f"final test accuracy {m['final_test_acc']:.4f}; "
-            + (f"target {cfg.target:.2%} reached at {stt:.1f} s" if stt is not None
+        say(f"final test accuracy {metrics['final_test_acc']:.4f}; "
+            + (f"target {cfg.target:.2%} reached at {reached:.1f} s" if reached is not None
                else f"target {cfg.target:.2%} not reached" if cfg.target else "no target")
-            + f"; {m['images_per_sec']:.0f} img/s steady state; compile "
-              f"{m['compile_seconds']:.1f} s (not timed)")
+            + f"; {metrics['images_per_sec']:.0f} img/s steady state; compile "
+              f"{metrics['compile_seconds']:.1f} s (not timed)")
     if result["runtime"]["replicas"] > 1:
-        print(f"worker {worker}: final weights checksum {m['weights_checksum']}", flush=True)
+        print(f"worker {worker}: final weights checksum {metrics['weights_checksum']}",
+              flush=True)
     return 0
 
 
 def cmd_info(args) -> int:
-    import tensorflow as tf
+    import_tensorflow_quietly()
+    from .runtime import describe_machine
 
-    from .config import RuntimeConfig
-    from .runtime import environment, resolve
-
-    env = environment()
-    rt = resolve(RuntimeConfig())
-    print(f"fastcifar {__import__('fastcifar').__version__}")
-    for k in ("python", "tensorflow", "keras", "numpy", "platform", "cpu_model", "cpu_count"):
-        print(f"  {k:<22} {env[k]}")
-    print(f"  {'tf build':<22} {env['tf_build']}")
-    print(f"  {'TF_ENABLE_ONEDNN_OPTS':<22} {env['TF_ENABLE_ONEDNN_OPTS']}")
-    print(f"  {'XLA_FLAGS':<22} {env['XLA_FLAGS']}")
-    print("devices:")
-    for d in tf.config.list_physical_devices():
-        print(f"  {d.name} ({d.device_type})")
-    print(f"auto picks: {rt.precision}, XLA {'on' if rt.xla else 'off'}, data layout "
-          f"{rt.data_layout}, on {rt.device} ({rt.device_name})")
-    print(f"  why: {rt.why}")
+    print(describe_machine())
     return 0
 
 
-def _batch_sizes(text) -> tuple:
-    from .errors import UserError
+def cmd_bench_step(args) -> int:
+    from .bench import step_benchmark
 
-    try:
-        sizes = tuple(int(x) for x in str(text).split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"invalid --batch-size {text!r}: use a number or a list like "
-                        f"256,512,1024") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"invalid --batch-size {text!r}: sizes must be >= 1")
-    return sizes
-
-
-def cmd_bench(args) -> int:
-    from . import bench, results
-
-    which = args.which
-    if args.json:
-        results.check_writable(args.json)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    if which == "step":
-        _positive(args, "steps", "reps", "pairs")
-        sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes else ()
-        cfg, runtime = _configs(args, default_recipe="tutorial")
-        if sizes:
-            cfg = cfg.replace(batch_size=sizes[0])
-        if args.profile:
-            os.makedirs(args.profile, exist_ok=True)
-        _import_tf_quietly()
-        compare = "tutorial" if args.compare in ("tutorial", "seed") else None
-        result = bench.step_benchmark(cfg, runtime, args.data, sizes, args.steps, args.reps,
-                                      compare, args.pairs, args.profile, say)
-        _write(args, result)
-        m, rt = result["metrics"], result["runtime"]
-        if compare:
-            s = m["speedup_vs_tutorial"]
-            say(f"  speedup vs the tutorial: {s['median']:.2f}x (min {s['min']:.2f}, "
-                f"max {s['max']:.2f})")
-        util = m.get("utilization") or {}
-        say(f"{m['images_per_sec']:.1f} img/s at batch {result['config']['batch_size']} "
-            f"({rt['precision']}, XLA {'on' if rt['xla'] else 'off'}, {rt['device_name']}); "
-            f"{util.get('metric', 'utilisation')} median "
-            f"{util.get('median', float('nan')):.0f}%; steady state, compile excluded")
-        return 0
-    _import_tf_quietly()
-    if which == "accuracy":
-        _positive(args, "runs")
-        cfg, runtime = _configs(args)
-        result = bench.accuracy_benchmark(cfg, runtime, args.data, args.runs,
-                                          target_declared="target" in vars(args),
-                                          quiet=args.quiet, say=say)
-        _write(args, result)
-        m = result["metrics"]
-        reached = round(m["fraction_reaching_target"] * args.runs)
-        say(f"final accuracy {m['final_test_acc']:.4f} +- {m['final_test_acc_std']:.4f} "
-            f"over {args.runs} run(s); {reached}/{args.runs} reached {cfg.target:.2%}"
-            + (f"; median seconds-to-target {m['seconds_to_target']:.1f}" if reached else ""))
-        return 0
-    _positive(args, "seeds")
-    cfg, runtime = _configs(args)
-    result = bench.ablation_benchmark(cfg, runtime, args.data, args.budget_epochs, args.seeds,
-                                      quiet=args.quiet, say=say)
+    say = _start(args)
+    sizes = args.batch_sizes or ()
+    cfg, runtime = _configs(args, default_recipe="tutorial")
+    cfg = cfg.replace(batch_size=sizes[0]) if sizes else cfg
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    import_tensorflow_quietly()
+    compare = "tutorial" if args.compare else None  # "seed": the old name
+    result = step_benchmark(cfg, runtime, args.data, sizes, args.steps, args.reps, compare,
+                            args.pairs, args.profile, say)
     _write(args, result)
-    rows = result["ablation"]
-    base = rows[0]["final_test_acc_mean"]
-    print(f"\nrecipe {cfg.recipe}, {result['budget_epochs']} epochs, {args.seeds} seed(s), "
-          f"data {result['dataset']['name']}")
-    print(f"{'variant':<34} {'final acc (mean)':>16} {'vs all (pp)':>12} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['variant']:<34} {100 * r['final_test_acc_mean']:>15.2f}% "
-              f"{100 * (r['final_test_acc_mean'] - base):>+12.2f} {r['seconds_median']:>8.1f}")
+    metrics, resolved = result["metrics"], result["runtime"]
+    if compare:
+        speedup = metrics["speedup_vs_tutorial"]
+        say(f"  speedup vs the tutorial: {speedup['median']:.2f}x (min {speedup['min']:.2f}, "
+            f"max {speedup['max']:.2f})")
+    util = metrics.get("utilization") or {}
+    say(f"{metrics['images_per_sec']:.1f} img/s at batch {result['config']['batch_size']} "
+        f"({resolved['precision']}, XLA {'on' if resolved['xla'] else 'off'}, "
+        f"{resolved['device_name']}); "
+        f"{util.get('metric', 'utilisation')} median "
+        f"{util.get('median', float('nan')):.0f}%; steady state, compile excluded")
+    return 0
+
+
+def cmd_bench_accuracy(args) -> int:
+    from .bench import accuracy_benchmark
+
+    say = _start(args)
+    cfg, runtime = _configs(args)
+    import_tensorflow_quietly()
+    result = accuracy_benchmark(cfg, runtime, args.data, args.runs,
+                                target_declared=hasattr(args, "target"), quiet=args.quiet,
+                                say=say)
+    _write(args, result)
+    metrics = result["metrics"]
+    reached = round(metrics["fraction_reaching_target"] * args.runs)
+    say(f"final accuracy {metrics['final_test_acc']:.4f} +- "
+        f"{metrics['final_test_acc_std']:.4f} over {args.runs} run(s); "
+        f"{reached}/{args.runs} reached {cfg.target:.2%}"
+        + (f"; median seconds-to-target {metrics['seconds_to_target']:.1f}"
+           if reached else ""))
+    return 0
+
+
+def cmd_bench_ablate(args) -> int:
+    from .bench import ablation_benchmark, ablation_table
+
+    say = _start(args)
+    cfg, runtime = _configs(args)
+    import_tensorflow_quietly()
+    result = ablation_benchmark(cfg, runtime, args.data, args.budget_epochs, args.seeds,
+                                quiet=args.quiet, say=say)
+    _write(args, result)
+    print("\n" + "\n".join(ablation_table(result)))
     return 0
 
 
 def cmd_doctor(args) -> int:
-    from . import results
-    from .doctor import run_checks
+    _start(args)
+    import_tensorflow_quietly()
+    from .doctor import run_checks, table
 
-    if args.json:
-        results.check_writable(args.json)
-    _import_tf_quietly()
     result = run_checks()
-    rt = result["runtime"]
-    print(f"fastcifar doctor on {rt['device']} ({rt['device_name']}); auto = "
-          f"{rt['precision']}, XLA {'on' if rt['xla'] else 'off'}")
-    print(f"{'check':<48} {'result':<7} {'s':>6}  detail")
-    for c in result["checks"]:
-        print(f"{c['check']:<48} {c['status']:<7} {c['seconds']:>6}  {c['detail']}")
-    failed = result["metrics"]["failed"]
-    print(f"{failed} check(s) FAILED" if failed else "all checks passed")
+    print("\n".join(table(result)))
     _write(args, result)
-    return 1 if failed else 0
+    return 1 if result["metrics"]["failed"] else 0
 
 
 def cmd_report(args) -> int:
@@ -340,29 +302,20 @@ def cmd_compare(args) -> int:
     return code
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info, "bench": cmd_bench,
-            "compare": cmd_compare, "doctor": cmd_doctor, "report": cmd_report}
-NEEDS_TF = {"info"}
-
-
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .errors import UserError
-
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and (len(argv) == 1 or (argv[1].startswith("-")
                                                      and argv[1] not in ("-h", "--help"))):
         argv.insert(1, "step")  # `fastcifar bench [flags]` is the step benchmark
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        args.argv = argv  # a supervised child re-runs the same command
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
-        if args.command in NEEDS_TF:
-            _import_tf_quietly()
-        return COMMANDS[args.command](args)
+        args.argv = argv  # a supervised child re-runs the same command
+        return args.func(args)
     except UserError as e:
         print(f"fastcifar: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,8 @@ batch, the monitor's NVML device matched to the TensorFlow device by PCI bus id,
 achieved fraction of the conv peak, and the data-parallel step (`mirrored` over every GPU,
 with XLA when there are two or more: the path CI cannot run) against one device. On a CPU:
 the same checks that apply, the data-parallel one over two logical CPU devices.
+
+Each check is a function of (dataset, resolved runtime) returning (passed, detail).
 """
 
 from __future__ import annotations
@@ -14,18 +16,6 @@ import time
 import traceback
 
 import numpy as np
-
-
-def _check(name, fn):
-    t0 = time.perf_counter()
-    try:
-        ok, detail = fn()
-        status = "pass" if ok else "FAIL"
-    except Exception as e:  # a check that crashes is a failed check, with its reason
-        status, detail = "FAIL", f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        detail += " | " + traceback.format_exc().strip().splitlines()[-1][:200]
-    return {"check": name, "status": status, "detail": detail,
-            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _trainer(precision, xla, width=8, batch=32, seed=0):
@@ -37,16 +27,137 @@ def _trainer(precision, xla, width=8, batch=32, seed=0):
                                  eval_batch_size=50))
 
 
-def _loss_of_first_step(tr, data):
-    tr.step.assign(tr.steps_per_epoch(data.n_train))
-    return float(tr.train_steps(data, 1)[0].numpy()) / tr.config.batch_size
+def _loss_of_first_step(trainer, data):
+    trainer.step.assign(trainer.steps_per_epoch(data.n_train))
+    return float(trainer.train_steps(data, 1)[0].numpy()) / trainer.config.batch_size
+
+
+def check_overflow(ds, resolved):
+    trainer = _trainer("mixed_float16", xla=resolved.device_kind == "GPU")
+    data = trainer.prepare(ds)
+    trainer.step.assign(8)
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    trainer.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow
+    trainer.train_steps(data, 1)
+    same = all(np.array_equal(a, v.numpy())
+               for a, v in zip(before, trainer.model.trainable_variables))
+    scale = float(trainer.optimizer.dynamic_scale.numpy())
+    step = int(trainer.step.numpy())
+    return same and scale == 2.0 ** 39 and step == 9, (
+        f"weights unchanged={same}, scale 2^40 -> 2^{np.log2(scale):.0f}, "
+        f"step counter 8 -> {step}")
+
+
+def check_xla(ds, resolved):
+    losses = {}
+    for xla in (False, True):
+        trainer = _trainer("float32", xla=xla, seed=1)
+        losses[xla] = _loss_of_first_step(trainer, trainer.prepare(ds))
+    diff = abs(losses[True] - losses[False]) / max(abs(losses[False]), 1e-6)
+    return diff < 1e-3, (f"loss XLA {losses[True]:.5f} vs graph {losses[False]:.5f} "
+                         f"(rel diff {diff:.1e}) on the same batch")
+
+
+def check_mixed_precision(ds, resolved):
+    mixed = "mixed_float16" if resolved.device_kind == "GPU" else "mixed_bfloat16"
+    losses = {}
+    for precision in ("float32", mixed):
+        trainer = _trainer(precision, xla=False, seed=2)
+        losses[precision] = _loss_of_first_step(trainer, trainer.prepare(ds))
+    diff = abs(losses[mixed] - losses["float32"]) / max(abs(losses["float32"]), 1e-6)
+    tol = 0.02 if mixed == "mixed_float16" else 0.05
+    return diff < tol, (f"loss {mixed} {losses[mixed]:.4f} vs float32 "
+                        f"{losses['float32']:.4f} (rel diff {diff:.1e}, tolerance {tol})")
+
+
+def check_nvml_mapping(ds, resolved):
+    from .bench import nvml_indices
+    from .monitor import Monitor
+
+    if resolved.device_kind != "GPU":
+        monitor = Monitor(interval=0.05)
+        return True, (f"no GPU: monitor source {monitor.source_name} "
+                      f"({monitor.why_not_nvml or 'NVML usable'})")
+    index = nvml_indices([resolved.device])[0]
+    if index is None:
+        return False, f"{resolved.device} could not be matched to an NVML device by PCI bus id"
+    name = Monitor(interval=0.05, gpu_indices=[index]).source.names[0]
+    return True, f"{resolved.device} ({resolved.device_name}) = NVML device {index} ({name})"
+
+
+def check_fraction_of_peak(ds, resolved):
+    from .bench import time_steps
+    from .config import RuntimeConfig, recipe
+    from .data import synthetic
+
+    width, batch = (64, 512) if resolved.device_kind == "GPU" else (32, 128)
+    row, _ = time_steps(recipe("tutorial", width=width, batch_size=batch), RuntimeConfig(),
+                        synthetic(4 * batch, 100), steps=2, reps=3)
+    if "error" in row:
+        return False, row["error"]
+    fraction = row["fraction_of_peak"]
+    return fraction > 0.05, (
+        f"{fraction:.1%} of the dense conv peak at width {width}, batch {batch} "
+        f"({row['images_per_sec']:.0f} img/s, {row['runtime']['precision']}, "
+        f"XLA {'on' if row['runtime']['xla'] else 'off'})")
+
+
+def check_data_parallel(ds, resolved):
+    import tensorflow as tf
+
+    from .config import RuntimeConfig, TrainConfig
+    from .data import synthetic
+    from .distribute import distance_moved
+    from .train import Trainer
+
+    n_gpu = len(tf.config.list_physical_devices("GPU"))
+    replicas = n_gpu if n_gpu >= 2 else 2
+    if n_gpu == 1:
+        return True, "skipped: one GPU (the mirrored step needs two or more devices)"
+    runtime = RuntimeConfig(precision="float32", xla=n_gpu >= 2, steps_per_call=3,
+                            eval_batch_size=50)
+    big = synthetic(4 * 64 * replicas, 50, learnable=True)
+    moved, start = {}, None
+    for strategy in ("auto", "mirrored"):
+        cfg = TrainConfig(width=8, epochs=2, batch_size=64 * replicas, dropout=0.0,
+                          sync_bn=True, strategy=strategy,
+                          replicas=replicas if strategy == "mirrored" else 0)
+        trainer = Trainer(cfg, runtime)
+        start = [v.numpy() for v in trainer.model.trainable_variables]
+        trainer.train_steps(trainer.prepare(big), 3)
+        moved[strategy] = [v.numpy() for v in trainer.model.trainable_variables]
+    gap = distance_moved(moved["auto"], moved["mirrored"], start)
+    where = f"{replicas} GPUs, XLA on" if n_gpu >= 2 else "2 logical CPU devices, XLA off"
+    # float noise, amplified by max-pool routing, stays ~1e-4; per-replica BN gives ~1e-1
+    return gap < 1e-2, (f"mirrored ({where}, sync BN) vs one device after 3 steps: "
+                        f"weights differ by {gap:.1e} of the distance moved")
+
+
+CHECKS = (("float16 overflow: step skipped, scale halved", check_overflow),
+          ("XLA step computes the same loss", check_xla),
+          ("mixed precision computes the same loss", check_mixed_precision),
+          ("monitor: NVML device = TF device (PCI bus id)", check_nvml_mapping),
+          ("achieved fraction of peak", check_fraction_of_peak),
+          ("data-parallel step = one-device step", check_data_parallel))
+
+
+def _run(name, check, ds, resolved) -> dict:
+    t0 = time.perf_counter()
+    try:
+        ok, detail = check(ds, resolved)
+        status = "pass" if ok else "FAIL"
+    except Exception as e:  # a check that crashes is a failed check, with its reason
+        status, detail = "FAIL", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        detail += " | " + traceback.format_exc().strip().splitlines()[-1][:200]
+    return {"check": name, "status": status, "detail": detail,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_checks() -> dict:
     """Every check on this machine; returns a `doctor` result (schema of fastcifar.results)."""
     import tensorflow as tf
 
-    from . import results as results_mod
+    from . import results
     from .config import RuntimeConfig
     from .data import synthetic
     from .runtime import environment, resolve
@@ -56,110 +167,21 @@ def run_checks() -> dict:
 
         split_cpu(2)  # for the data-parallel check; before TensorFlow initialises
     resolved = resolve(RuntimeConfig())
-    device_kind = resolved.device_kind
     ds = synthetic(256, 50, learnable=True)
-    results = []
+    checks = [_run(name, check, ds, resolved) for name, check in CHECKS]
+    failed = sum(c["status"] != "pass" for c in checks)
+    return results.build("doctor", {}, resolved.to_dict(), environment(), {},
+                         {"passed": len(checks) - failed, "failed": failed}, checks=checks)
 
-    def overflow():
-        tr = _trainer("mixed_float16", xla=device_kind == "GPU")
-        dd = tr.prepare(ds)
-        tr.step.assign(8)
-        w0 = [v.numpy().copy() for v in tr.model.trainable_variables]
-        tr.optimizer.dynamic_scale.assign(2.0 ** 40)  # float16 gradients overflow
-        tr.train_steps(dd, 1)
-        same = all(np.array_equal(a, v.numpy()) for a, v in zip(w0, tr.model.trainable_variables))
-        scale = float(tr.optimizer.dynamic_scale.numpy())
-        step = int(tr.step.numpy())
-        ok = same and scale == 2.0 ** 39 and step == 9
-        return ok, (f"weights unchanged={same}, scale 2^40 -> 2^{np.log2(scale):.0f}, "
-                    f"step counter 8 -> {step}")
 
-    def xla_matches():
-        losses = {}
-        for xla in (False, True):
-            tr = _trainer("float32", xla=xla, seed=1)
-            losses[xla] = _loss_of_first_step(tr, tr.prepare(ds))
-        diff = abs(losses[True] - losses[False]) / max(abs(losses[False]), 1e-6)
-        return diff < 1e-3, (f"loss XLA {losses[True]:.5f} vs graph {losses[False]:.5f} "
-                             f"(rel diff {diff:.1e}) on the same batch")
-
-    def mixed_matches():
-        prec = "mixed_float16" if device_kind == "GPU" else "mixed_bfloat16"
-        losses = {}
-        for p in ("float32", prec):
-            tr = _trainer(p, xla=False, seed=2)
-            losses[p] = _loss_of_first_step(tr, tr.prepare(ds))
-        diff = abs(losses[prec] - losses["float32"]) / max(abs(losses["float32"]), 1e-6)
-        tol = 0.02 if prec == "mixed_float16" else 0.05
-        return diff < tol, (f"loss {prec} {losses[prec]:.4f} vs float32 "
-                            f"{losses['float32']:.4f} (rel diff {diff:.1e}, tolerance {tol})")
-
-    def nvml_mapping():
-        from .bench import nvml_indices
-        from .monitor import Monitor
-
-        rt = resolved
-        if rt.device_kind != "GPU":
-            m = Monitor(interval=0.05)
-            return True, (f"no GPU: monitor source {m.source_name} "
-                          f"({m.why_not_nvml or 'NVML usable'})")
-        idx = nvml_indices([rt.device])[0]
-        if idx is None:
-            return False, f"{rt.device} could not be matched to an NVML device by PCI bus id"
-        name = Monitor(interval=0.05, gpu_indices=[idx]).source.names[0]
-        return True, f"{rt.device} ({rt.device_name}) = NVML device {idx} ({name})"
-
-    def fraction_of_peak():
-        from .bench import time_steps
-        from .config import recipe
-
-        width, batch = (64, 512) if device_kind == "GPU" else (32, 128)
-        big = synthetic(4 * batch, 100)
-        r, _ = time_steps(recipe("tutorial", width=width, batch_size=batch), RuntimeConfig(),
-                          big, steps=2, reps=3)
-        if "error" in r:
-            return False, r["error"]
-        f = r["fraction_of_peak"]
-        return f > 0.05, (f"{f:.1%} of the dense conv peak at width {width}, batch {batch} "
-                          f"({r['images_per_sec']:.0f} img/s, {r['runtime']['precision']}, "
-                          f"XLA {'on' if r['runtime']['xla'] else 'off'})")
-
-    def data_parallel():
-        import tensorflow as tf
-
-        from .config import TrainConfig
-        from .distribute import distance_moved
-        from .train import Trainer
-
-        n_gpu = len(tf.config.list_physical_devices("GPU"))
-        replicas = n_gpu if n_gpu >= 2 else 2
-        if n_gpu == 1:
-            return True, "skipped: one GPU (the mirrored step needs two or more devices)"
-        xla = n_gpu >= 2
-        rt = RuntimeConfig(precision="float32", xla=xla, steps_per_call=3, eval_batch_size=50)
-        big = synthetic(4 * 64 * replicas, 50, learnable=True)
-        moved = {}
-        for strategy in ("auto", "mirrored"):
-            cfg = TrainConfig(width=8, epochs=2, batch_size=64 * replicas, dropout=0.0,
-                              sync_bn=True, strategy=strategy,
-                              replicas=replicas if strategy == "mirrored" else 0)
-            tr = Trainer(cfg, rt)
-            w0 = [v.numpy() for v in tr.model.trainable_variables]
-            tr.train_steps(tr.prepare(big), 3)
-            moved[strategy] = [v.numpy() for v in tr.model.trainable_variables]
-        gap = distance_moved(moved["auto"], moved["mirrored"], w0)
-        where = f"{replicas} GPUs, XLA on" if n_gpu >= 2 else "2 logical CPU devices, XLA off"
-        # float noise, amplified by max-pool routing, stays ~1e-4; per-replica BN gives ~1e-1
-        return gap < 1e-2, (f"mirrored ({where}, sync BN) vs one device after 3 steps: "
-                                  f"weights differ by {gap:.1e} of the distance moved")
-
-    results.append(_check("float16 overflow: step skipped, scale halved", overflow))
-    results.append(_check("XLA step computes the same loss", xla_matches))
-    results.append(_check("mixed precision computes the same loss", mixed_matches))
-    results.append(_check("monitor: NVML device = TF device (PCI bus id)", nvml_mapping))
-    results.append(_check("achieved fraction of peak", fraction_of_peak))
-    results.append(_check("data-parallel step = one-device step", data_parallel))
-    failed = sum(c["status"] != "pass" for c in results)
-    return results_mod.build("doctor", {}, resolved.to_dict(), environment(), {},
-                             {"passed": len(results) - failed, "failed": failed},
-                             checks=results)
+def table(result: dict) -> list:
+    """The doctor result as printable lines."""
+    resolved = result["runtime"]
+    lines = [f"fastcifar doctor on {resolved['device']} ({resolved['device_name']}); auto = "
+             f"{resolved['precision']}, XLA {'on' if resolved['xla'] else 'off'}",
+             f"{'check':<48} {'result':<7} {'s':>6}  detail"]
+    lines += [f"{c['check']:<48} {c['status']:<7} {c['seconds']:>6}  {c['detail']}"
+              for c in result["checks"]]
+    failed = result["metrics"]["failed"]
+    lines.append(f"{failed} check(s) FAILED" if failed else "all checks passed")
+    return lines

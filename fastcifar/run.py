@@ -57,8 +57,6 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     ds = data_mod.load(data, quiet=quiet)
     progress()
     from .bench import monitor_for
-    from .monitor import headline
-    from .runtime import environment, peak_memory_bytes
     from .train import Trainer
 
     trainer = Trainer(config, runtime, strategy=strategy)
@@ -70,21 +68,7 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
         res = trainer.fit(ds, quiet=quiet or not chief,
                           on_epoch=on_epoch if chief else None, monitor=monitor,
                           on_progress=progress)
-    described = trainer.describe_runtime()
-    if peers is not None:
-        described["worker"] = peers.rank
-    metrics = {"images_per_sec": res.images_per_sec, "final_test_acc": res.final_test_acc,
-               "final_test_loss": res.final_test_loss,
-               "seconds_to_target": res.seconds_to_target,
-               "train_seconds": res.train_seconds, "prep_seconds": res.prep_seconds,
-               "compile_seconds": res.compile_seconds,
-               "steps_per_epoch": res.steps_per_epoch,
-               "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
-               "utilization": headline(res.utilization),
-               "weights_checksum": distribute.weights_checksum(trainer.model)}
-    result = results.build("train", config.to_dict(), described, environment(),
-                           ds.identity(), metrics, res.history, utilization=res.utilization,
-                           timing=TRAIN_TIMING)
+    result = _result(trainer, res, ds, peers)
     if json_path:
         results.write_json(json_path, result)
     if save_path:
@@ -98,3 +82,24 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     progress("done")
     return result
 
+
+def _result(trainer, res, ds, peers) -> dict:
+    """The `train` result of a finished fit."""
+    from .monitor import headline
+    from .runtime import environment, peak_memory_bytes
+
+    described = trainer.describe_runtime()
+    if peers is not None:
+        described["worker"] = peers.rank
+    metrics = {"images_per_sec": res.images_per_sec, "final_test_acc": res.final_test_acc,
+               "final_test_loss": res.final_test_loss,
+               "seconds_to_target": res.seconds_to_target,
+               "train_seconds": res.train_seconds, "prep_seconds": res.prep_seconds,
+               "compile_seconds": res.compile_seconds,
+               "steps_per_epoch": res.steps_per_epoch,
+               "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
+               "utilization": headline(res.utilization),
+               "weights_checksum": distribute.weights_checksum(trainer.model)}
+    return results.build("train", trainer.config.to_dict(), described, environment(),
+                         ds.identity(), metrics, res.history, utilization=res.utilization,
+                         timing=TRAIN_TIMING)

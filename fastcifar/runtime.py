@@ -34,6 +34,25 @@ class ResolvedRuntime:
                 "replicas": 1, "why": self.why}
 
 
+def import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) goes to fd 2 before any
+    logging setting applies; hide it unless FASTCIFAR_TF_LOGS=1, so errors stay one line."""
+    import sys
+
+    if os.environ.get("FASTCIFAR_TF_LOGS") == "1" or "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def cpu_has_bf16() -> bool:
     return bool(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16"})
 
@@ -123,6 +142,25 @@ def environment() -> dict:
         "git_commit": _git_commit(),
     }
     return env
+
+
+def describe_machine() -> str:
+    """`fastcifar info`: versions, devices, and what `auto` picks here and why."""
+    import tensorflow as tf
+
+    from . import __version__
+
+    env, resolved = environment(), resolve(RuntimeConfig())
+    lines = [f"fastcifar {__version__}"]
+    lines += [f"  {key.replace('_build', ' build'):<22} {env[key]}"
+              for key in ("python", "tensorflow", "keras", "numpy", "platform", "cpu_model",
+                          "cpu_count", "tf_build", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS")]
+    lines += ["devices:"] + [f"  {device.name} ({device.device_type})"
+                             for device in tf.config.list_physical_devices()]
+    lines += [f"auto picks: {resolved.precision}, XLA {'on' if resolved.xla else 'off'}, "
+              f"data layout {resolved.data_layout}, on {resolved.device} "
+              f"({resolved.device_name})", f"  why: {resolved.why}"]
+    return "\n".join(lines)
 
 
 def _git_commit():

@@ -421,8 +421,6 @@ class Trainer:
         `fastcifar.monitor.Monitor` gets one window per epoch's training phase.
         `on_progress()` is called after compiling, every compiled call and every evaluation
         (a supervisor's heartbeat)."""
-        from tqdm import tqdm
-
         cfg = self.config
         epochs = cfg.epochs if epochs is None else epochs
         progress = on_progress or (lambda: None)
@@ -434,38 +432,23 @@ class Trainer:
             self.fit_whitening(data)
         for x in self.placement.copies(data.x_train):
             x[0, 0, 0, 0].numpy()  # every upload is done before the clock reads
-        prep = time.perf_counter() - t0
         steps_per_epoch = self.steps_per_epoch(data.n_train)
-        steps_per_call = self.runtime_config.steps_per_call
-        result = FitResult(prep_seconds=prep, compile_seconds=self.compile_seconds,
+        images = steps_per_epoch * cfg.batch_size
+        result = FitResult(prep_seconds=time.perf_counter() - t0,
+                           compile_seconds=self.compile_seconds,
                            steps_per_epoch=steps_per_epoch)
-        elapsed, train_only = prep, 0.0
-        windows = []
+        elapsed, train_only, windows = result.prep_seconds, 0.0, []
         for epoch in range(1, epochs + 1):
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="step",
-                       leave=False, disable=quiet)
-            loss_sum = hits = 0.0
-            t_epoch = time.perf_counter()
-            done = 0
             window = (monitor.window(f"epoch {epoch}") if monitor is not None
                       else contextlib.nullcontext())
-            with window as w, bar:  # the bar is cleared even when a step raises
-                while done < steps_per_epoch:
-                    n = min(steps_per_call, steps_per_epoch - done)
-                    call_loss, call_hits = self.train_steps(data, n)
-                    loss_sum += float(call_loss.numpy())
-                    hits += float(call_hits.numpy())
-                    done += n
-                    bar.update(n)
-                    progress()
-            if w is not None:
-                windows.append(w)
-            seconds = time.perf_counter() - t_epoch
+            with window as w:
+                loss_sum, hits, seconds = self._train_epoch(data, f"epoch {epoch}/{epochs}",
+                                                            quiet, progress)
+            windows += [w] if w is not None else []
             elapsed += seconds
             train_only += seconds
             ev = self.evaluate_prepared(data)
             progress()
-            images = steps_per_epoch * cfg.batch_size
             row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": hits / images,
                    "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
                    "seconds": elapsed, "epoch_seconds": seconds,
@@ -483,9 +466,30 @@ class Trainer:
         result.train_seconds = elapsed
         if monitor is not None:
             result.utilization = monitor.result(windows)
-        result.images_per_sec = (epochs * steps_per_epoch * cfg.batch_size / train_only
-                                 if train_only else 0.0)
+        result.images_per_sec = epochs * images / train_only if train_only else 0.0
         return result
+
+    def _train_epoch(self, data: DeviceData, label: str, quiet: bool, progress):
+        """One epoch of compiled calls; returns (summed loss, hits, seconds)."""
+        from tqdm import tqdm
+
+        steps_per_epoch = self.steps_per_epoch(data.n_train)
+        steps_per_call = self.runtime_config.steps_per_call
+        loss_sum = hits = 0.0
+        done = 0
+        t0 = time.perf_counter()
+        # the bar is cleared even when a step raises
+        with tqdm(total=steps_per_epoch, desc=label, unit="step", leave=False,
+                  disable=quiet) as bar:
+            while done < steps_per_epoch:
+                n = min(steps_per_call, steps_per_epoch - done)
+                call_loss, call_hits = self.train_steps(data, n)
+                loss_sum += float(call_loss.numpy())
+                hits += float(call_hits.numpy())
+                done += n
+                bar.update(n)
+                progress()
+        return loss_sum, hits, time.perf_counter() - t0
 
     def evaluate(self, ds: Dataset) -> dict:
         """Test loss and accuracy over every test image exactly once."""
