@@ -107,3 +107,20 @@ def augment(x_padded, rows, normalise, pad: int, do_flip: bool, cutout_size: int
         x = cutout(x, _draw(rows[:, CUTOUT_Y], span), _draw(rows[:, CUTOUT_X], span),
                    cutout_size)
     return x
+
+
+TTA_VIEWS = {"none": 1, "flip": 2, "flip_translate": 6}
+
+
+def tta_views(x, mode: str) -> list:
+    """Test-time views of a batch: the images; + their mirrors (`flip`); + both shifted one
+    pixel up-left and down-right with reflect padding (`flip_translate`, 6 views)."""
+    if mode == "none":
+        return [x]
+    views = [x, tf.reverse(x, axis=[2])]
+    if mode == "flip_translate":
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        h, w = x.shape[1], x.shape[2]
+        for src in (padded, tf.reverse(padded, axis=[2])):
+            views += [src[:, 0:h, 0:w], src[:, 2:h + 2, 2:w + 2]]
+    return views

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--budget-epochs", type=_count, help="epochs per run")
     ablate.add_argument("--seeds", type=_count, default=1, help="seeds per variant")
     _add_settings(ablate)
+    evaluate = command(sub, "evaluate", cmd_evaluate, "evaluate a saved model as training "
+                       "did (its normalisation and test-time views)", "cifar10", quiet=False)
+    evaluate.add_argument("model", metavar="MODEL.keras")
     command(sub, "doctor", cmd_doctor, "self-check this machine's GPU/CPU paths", quiet=False)
     report = command(sub, "report", cmd_report, "plot results: accuracy vs seconds, step "
                      "times, utilisation", json=False, quiet=False)
@@ -132,7 +135,7 @@ def _configs(args, default_recipe: str = "davidnet"):
               f"name goes in 0.3", file=sys.stderr)
         name = RECIPE_ALIASES[name]
     given = lambda cls: {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-                         if hasattr(args, f.name)}
+                         if hasattr(args, f.name) and f.name != "recipe"}
     return recipe(name, **given(TrainConfig)), RuntimeConfig(**given(RuntimeConfig)).validate()
 
 
@@ -181,9 +184,11 @@ def cmd_train(args) -> int:
             f"{'test acc':>8} {'seconds':>8} {'img/s':>7}")
 
     def on_epoch(row):
+        test = (f"{row['test_loss']:>9.4f} {row['test_acc']:>8.4f}"
+                if row["test_acc"] is not None else f"{'-':>9} {'-':>8}")
         say(f"{row['epoch']:>5} {row['lr']:>7.4f} {row['train_loss']:>10.4f} "
-            f"{row['train_acc']:>9.4f} {row['test_loss']:>9.4f} {row['test_acc']:>8.4f} "
-            f"{row['seconds']:>8.1f} {row['images_per_sec']:>7.0f}")
+            f"{row['train_acc']:>9.4f} {test} {row['seconds']:>8.1f} "
+            f"{row['images_per_sec']:>7.0f}")
 
     result = run_training(cfg, runtime, args.data, json_path=args.json, save_path=args.save,
                           profile_dir=args.profile, quiet=args.quiet, on_start=on_start,
@@ -268,6 +273,21 @@ def cmd_bench_ablate(args) -> int:
                                 quiet=args.quiet, say=say)
     _write(args, result)
     print("\n" + "\n".join(ablation_table(result)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    _start(args)
+    import_tensorflow_quietly()
+    from .run import evaluate_saved
+
+    result = evaluate_saved(args.model, args.data)
+    _write(args, result)
+    m = result["metrics"]
+    views = result["config"]["recorded"].get("test_time_views", {}).get("mode", "?")
+    print(f"{args.model} on {result['dataset']['name']} ({m['test_images']} test images, "
+          f"test-time views: {views}): accuracy {m['final_test_acc']:.4f}, loss "
+          f"{m['final_test_loss']:.4f}")
     return 0
 
 

@@ -220,6 +220,8 @@ class RuntimeConfig(_Settings):
                                "in the step) or pre-normalised in the compute dtype",
                                choices=("auto", "uint8", "compute"))
     eval_batch_size: int = setting(1000, "test images per evaluation batch", low=1)
+    eval_every: int = setting(1, "evaluate every N epochs (0 = only after the last); "
+                              "every evaluation counts in the clock", low=0)
     device: Optional[str] = setting(None, "e.g. /GPU:1 (default: first GPU, else CPU)")
     peer_timeout: float = setting(120.0, "multiworker: seconds to wait for every worker to "
                                   "join, and for any step to make progress",

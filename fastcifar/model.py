@@ -189,5 +189,77 @@ def whitening_patches(images):
     return tf.reshape(p, [-1, WHITEN_CHANNELS])
 
 
+def standardize(x, mean, std):
+    """Pixels -> (x - mean) / std in float32, with the training set's channel statistics."""
+    import tensorflow as tf
+
+    return (tf.cast(x, tf.float32) - mean) / std
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class Standardize(layers.Layer):
+    """`standardize` as a layer: the statistics travel in the saved file."""
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+
+    def call(self, x):
+        return standardize(x, self.mean, self.std)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class TestTimeViews(layers.Layer):
+    """[B, H, W, C] -> [V*B, H, W, C]: the test-time views (`augment.tta_views`), stacked."""
+
+    def __init__(self, mode="none", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, x):
+        import tensorflow as tf
+
+        from .augment import tta_views
+
+        return tf.concat(tta_views(x, self.mode), axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class MeanOverViews(layers.Layer):
+    """[V*B, K] logits -> [B, K]: the mean over the V views of each image."""
+
+    def __init__(self, views=1, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, logits):
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.reshape(logits, [self.views, -1, logits.shape[-1]]), axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+def inference_model(network: keras.Model, mean, std, tta: str = "none") -> keras.Model:
+    """Pixels (0-255) -> logits exactly as evaluation computes them: the training set's
+    statistics, then the mean logits over the test-time views. Saved, it loads in Keras'
+    safe mode after `import fastcifar.model`."""
+    from .augment import TTA_VIEWS
+
+    image = keras.Input((32, 32, 3), name="pixels")
+    x = Standardize(mean, std, name="standardize")(image)
+    x = TestTimeViews(tta, name="test_time_views")(x)
+    logits = MeanOverViews(TTA_VIEWS[tta], name="mean_over_views")(network(x))
+    return keras.Model(image, logits, name=f"{network.name}_inference")
+
+
 def conv_layers(model: keras.Model) -> list:
     return [l for l in model.layers if isinstance(l, layers.Conv2D)]

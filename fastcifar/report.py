@@ -15,7 +15,8 @@ from .util import atomic_path
 
 def _curves(result):
     if result.get("history"):
-        return [[h["seconds"], h["test_acc"]] for h in result["history"]]
+        return [[h["seconds"], h["test_acc"]] for h in result["history"]
+                if h.get("test_acc") is not None]
     return (result.get("metrics") or {}).get("curve") or []
 
 
@@ -43,7 +44,7 @@ def render(results: list, path: str) -> None:
         if kind == "curve":
             for name, c in data:
                 ax.plot([p[0] for p in c], [100 * p[1] for p in c], marker="o", label=name)
-            ax.set_xlabel("seconds (data prep + training; no compile, no eval)")
+            ax.set_xlabel("seconds (data prep + training + evaluations; no compile)")
             ax.set_ylabel("test accuracy (%)")
             ax.set_title("accuracy vs time")
         elif kind == "steps":

@@ -18,6 +18,8 @@ business, not the trainer's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -30,7 +32,7 @@ from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
 from .data import Dataset
 from .errors import ConfigError
-from .model import davidnet
+from .model import davidnet, inference_model, standardize
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
 from .util import atomic_path
@@ -59,8 +61,9 @@ class FitResult:
     final_test_acc: float = 0.0
     final_test_loss: float = 0.0
     seconds_to_target: Optional[float] = None
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0   # the whole clock: preparation, training, evaluations
     prep_seconds: float = 0.0
+    eval_seconds: float = 0.0
     compile_seconds: float = 0.0
     images_per_sec: float = 0.0
     steps_per_epoch: int = 0
@@ -104,6 +107,7 @@ class Trainer:
             self.table = local(tf.zeros([0, augment.TABLE_COLUMNS]), "aug_table",
                                shape=tf.TensorShape([None, augment.TABLE_COLUMNS]))
             self.perm = local(tf.zeros([0], tf.int64), "perm", shape=tf.TensorShape([None]))
+            self.table_epoch = local(-1, "table_epoch", tf.int64)  # the epoch they hold
             self.optimizer = self._make_optimizer()
             # weight averaging (EMA): a float32 shadow of every weight and BN statistic
             self.ema_variables = [local(tf.cast(v, tf.float32), "ema")
@@ -112,8 +116,11 @@ class Trainer:
         self.data: Optional[DeviceData] = None  # the last data `prepare` put on the device
         self.compile_seconds = 0.0
         self._compiled_for: Optional[tuple] = None  # (n_train, n_test) compiled by `compile`
-        # One device: XLA compiles the whole multi-step loop. Several: it compiles each
-        # replica's step (all-reduces included, GPUs only) inside a plain loop.
+        self._make_functions()
+
+    def _make_functions(self) -> None:
+        """One device: XLA compiles the whole multi-step loop. Several: it compiles each
+        replica's step (all-reduces included, GPUs only) inside a plain loop."""
         xla_loop = self.runtime.xla and not self.distributed
         xla_replica = self.runtime.xla and self.distributed
         jit = lambda fn: tf.function(fn, jit_compile=True) if xla_replica else fn
@@ -122,7 +129,8 @@ class Trainer:
         self._train_fn = tf.function(self._train_loop, jit_compile=xla_loop)
         self._eval_fn = tf.function(self._eval_loop, jit_compile=xla_loop)
         # its own function: Keras' predict would split the batch across replicas
-        self._predict_fn = tf.function(lambda x: self.model(x, training=False))
+        self._predict_fn = tf.function(lambda x: self.tta_logits(x))
+        self._peek_fn = tf.function(lambda *args: self.strategy.run(self._batch, args=args))
 
     def _check_placement(self) -> None:
         if self.config.batch_size % self.replicas:
@@ -177,6 +185,7 @@ class Trainer:
         if int(tf.shape(self.perm)[0]) != n_train:
             self.table.assign(tf.zeros([n_train, augment.TABLE_COLUMNS]))
             self.perm.assign(tf.zeros([n_train], tf.int64))
+            self.table_epoch.assign(-1)
 
     # --- data -------------------------------------------------------------------------
     def prepare(self, ds: Dataset) -> DeviceData:
@@ -185,10 +194,12 @@ class Trainer:
         pad = self.config.crop_padding
         with tf.device(self.runtime.device if not self.distributed else "/CPU:0"):
             x = tf.convert_to_tensor(ds.x_train)
-            xf = tf.cast(x, tf.float32)
-            mean = tf.reduce_mean(xf, axis=[0, 1, 2])
-            std = tf.sqrt(tf.reduce_mean(tf.square(xf - mean), axis=[0, 1, 2]))
-            del xf
+            # float64: a float32 mean over 10^8 pixels is off in the third decimal
+            wide = tf.cast(x, tf.float64)
+            mean = tf.reduce_mean(wide, axis=[0, 1, 2])
+            std = tf.sqrt(tf.reduce_mean(tf.square(wide - mean), axis=[0, 1, 2]))
+            mean, std = tf.cast(mean, tf.float32), tf.cast(std, tf.float32)
+            del wide
             if self.runtime.data_layout == "compute":
                 x = tf.cast((tf.cast(x, tf.float32) - mean) / std, self.compute_dtype)
             if pad:
@@ -229,22 +240,24 @@ class Trainer:
     def normalise(self, x, mean, std):
         """uint8 images -> (x - mean) / std in the compute dtype (normalised ones: a cast)."""
         if x.dtype == tf.uint8:
-            x = (tf.cast(x, tf.float32) - mean) / std
+            x = standardize(x, mean, std)
         return tf.cast(x, self.compute_dtype)
 
     # --- one step, top to bottom -------------------------------------------------------
     def _train_step(self, x_all, y_all, mean, std):
         """One replica's share of one global step (the whole step on one device)."""
-        images, labels = self._batch(x_all, y_all, mean, std)
+        _, images, labels = self._batch(x_all, y_all, mean, std)
         return self._update(images, labels)
 
     def _batch(self, x_all, y_all, mean, std):
-        """This replica's slice of the global batch at `self.step`, augmented. What an
-        example sees depends on (seed, epoch, example) only, through the epoch table."""
+        """This replica's slice of the global batch at `self.step`: (example indices,
+        augmented images, labels). What an example sees depends on (seed, epoch, example)
+        only, through the epoch table, which is refilled whenever the step's epoch is not
+        the one it holds: a call may start at any step."""
         cfg = self.config
         epoch = self.step // self.epoch_steps
         step_in_epoch = self.step % self.epoch_steps
-        tf.cond(tf.equal(step_in_epoch, 0),
+        tf.cond(tf.not_equal(epoch, self.table_epoch),
                 lambda: self._new_epoch(epoch, x_all.shape[0]), lambda: tf.constant(0))
         offset, size = distribute.replica_slice(cfg.batch_size)
         start = step_in_epoch * cfg.batch_size + offset
@@ -253,13 +266,14 @@ class Trainer:
                                  lambda x: self.normalise(x, mean, std),
                                  pad=cfg.crop_padding, do_flip=cfg.flip,
                                  cutout_size=cfg.cutout)
-        return images, tf.gather(y_all, idx)
+        return idx, images, tf.gather(y_all, idx)
 
     def _new_epoch(self, epoch, n_train: int):
         table, perm = augment.epoch_table(self.config.seed, epoch, n_train,
                                           self.config.alternating_flip)
         self.table.assign(table)
         self.perm.assign(perm)
+        self.table_epoch.assign(epoch)
         return tf.constant(0)
 
     def _update(self, images, labels):
@@ -330,7 +344,7 @@ class Trainer:
     def tta_logits(self, x):
         """Mean logits over the test-time views: the image, its mirror, and with
         `flip_translate` both shifted by one pixel each way (6 views, as airbench)."""
-        views = tta_views(x, self.config.tta)
+        views = augment.tta_views(x, self.config.tta)
         return tf.add_n([self.model(v, training=False) for v in views]) / len(views)
 
     # --- state ------------------------------------------------------------------------
@@ -338,7 +352,8 @@ class Trainer:
         """Everything a step may change: weights, BN statistics, dropout RNG, optimizer
         slots and loss scale, step counter, augmentation tables, weight average."""
         candidates = (list(self.model.variables) + list(self.optimizer.variables)
-                      + [self.step, self.table, self.perm] + list(self.ema_variables))
+                      + [self.step, self.table, self.perm, self.table_epoch]
+                      + list(self.ema_variables))
         seen, out = set(), []
         for v in candidates:
             if id(v) not in seen:
@@ -370,59 +385,94 @@ class Trainer:
     def compile(self, n_train: int, n_test: int) -> float:
         """Trace and compile train and eval on dummy data of the real shapes, then put every
         piece of state back: compilation leaves no trace. Returns seconds spent (0 if the
-        functions were already compiled for these shapes)."""
+        functions were already compiled for these shapes). If XLA chosen by `auto` cannot
+        compile the step (e.g. a cuDNN without usable conv configs), falls back to the
+        uncompiled step with one warning line and says why in `runtime.why`; an XLA asked
+        for explicitly fails with one line naming the cause."""
         self._use_training_set_of(n_train)
         if self._compiled_for == (n_train, n_test):
             return 0.0
         dummy = self._dummy(n_train, n_test)
         snap = self.snapshot()
+        try:
+            self.compile_seconds = self._compile_on(dummy)
+        except tf.errors.OpError as e:
+            if not self.runtime.xla or isinstance(e, tf.errors.ResourceExhaustedError):
+                raise
+            self.restore(snap)
+            self._xla_failed(e)
+            self.compile_seconds = self._compile_on(dummy)
+        self.restore(snap)
+        self._compiled_for = (n_train, n_test)
+        return self.compile_seconds
+
+    def _compile_on(self, dummy: DeviceData) -> float:
+        """One training step and one evaluation on `dummy`: seconds (the seam where a
+        compiler failure shows)."""
         t0 = time.perf_counter()
         out = self._train_fn(dummy.x_train, dummy.y_train, dummy.mean, dummy.std,
                              tf.constant(1, tf.int32))
         ev = self._eval_fn(dummy.x_test, dummy.y_test, dummy.w_test, dummy.mean, dummy.std)
         float(out[0].numpy()) + float(ev[0].numpy())
-        self.compile_seconds = time.perf_counter() - t0
-        self.restore(snap)
-        self._compiled_for = (n_train, n_test)
-        return self.compile_seconds
+        return time.perf_counter() - t0
+
+    def _xla_failed(self, error: Exception) -> None:
+        lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()
+                 if line.strip()]
+        cause = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:300]
+        if self.runtime_config.xla:
+            raise ConfigError(f"XLA could not compile the training step on "
+                              f"{self.runtime.device} ({cause}); run with --no-xla, or "
+                              f"update CUDA/cuDNN") from None
+        why = f"{self.runtime.why}; XLA failed to compile ({cause}): uncompiled step instead"
+        self.runtime = dataclasses.replace(self.runtime, xla=False, why=why)
+        sys.stderr.write(f"fastcifar: warning: XLA could not compile the training step "
+                         f"({cause}); running it uncompiled (runtime.why says so)\n")
+        self._make_functions()
 
     def train_steps(self, data: DeviceData, n_steps: int):
         """Run `n_steps` steps in one compiled call; returns (summed loss, correct)."""
         return self._train_fn(data.x_train, data.y_train, data.mean, data.std,
                               tf.constant(n_steps, tf.int32))
 
+    def whitening_sample(self, n_train: int, n_images: int = 10000):
+        """Indices of the training images the whitening is fitted on: a fixed random
+        sample (from the seed), never the first N, which an image folder fills class by
+        class."""
+        keys = augment.hash_bits(self.config.seed, WHITENING_KEY, n_train, 1)[:, 0]
+        return tf.argsort(keys, stable=True)[:min(n_images, n_train)]
+
     def fit_whitening(self, data: DeviceData, n_images: int = 10000) -> None:
-        """PCA-whiten the first layer on up to `n_images` unaugmented training images."""
+        """PCA-whiten the first layer on `n_images` unaugmented training images."""
         from .model import fit_whitening
 
         pad = self.config.crop_padding
-        x = self.placement.first(data.x_train)[:n_images]
+        x = tf.gather(self.placement.first(data.x_train),
+                      self.whitening_sample(data.n_train, n_images))
         x = x[:, pad:x.shape[1] - pad, pad:x.shape[2] - pad] if pad else x
         fit_whitening(self.model, tf.cast(self.normalise(x, data.mean, data.std), tf.float32))
 
     def evaluate_prepared(self, data: DeviceData) -> dict:
         """Over every test image once; with `ema`, using the averaged weights."""
-        if self.ema_variables:
-            self.swap_ema()
-        try:
+        with self.evaluated_weights():
             loss, hits, count = (t.numpy() for t in self._eval_fn(
                 data.x_test, data.y_test, data.w_test, data.mean, data.std))
-        finally:
-            if self.ema_variables:
-                self.swap_ema()
         return {"test_loss": float(loss / count), "test_acc": float(hits / count),
                 "count": int(count)}
 
     def fit(self, ds: Dataset, epochs: Optional[int] = None, quiet: bool = True,
             on_epoch: Optional[Callable[[dict], None]] = None, monitor=None,
             on_progress: Optional[Callable[[], None]] = None) -> FitResult:
-        """Train; the clock covers preparing the data and training, not compilation (done
-        first on dummy data) and not the per-epoch evaluation. A started
+        """Train and evaluate. The clock (`seconds`, `seconds_to_target`) covers preparing
+        the data, training, and every evaluation the run makes (`eval_every`; the final one
+        always), because those certify the accuracy it reports; compilation is done first
+        on dummy data, timed apart (`compile_seconds`). A started
         `fastcifar.monitor.Monitor` gets one window per epoch's training phase.
         `on_progress()` is called after compiling, every compiled call and every evaluation
         (a supervisor's heartbeat)."""
         cfg = self.config
         epochs = cfg.epochs if epochs is None else epochs
+        every = self.runtime_config.eval_every
         progress = on_progress or (lambda: None)
         self.compile(len(ds.x_train), len(ds.x_test))
         progress()
@@ -447,17 +497,23 @@ class Trainer:
             windows += [w] if w is not None else []
             elapsed += seconds
             train_only += seconds
-            ev = self.evaluate_prepared(data)
-            progress()
             row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": hits / images,
-                   "test_loss": ev["test_loss"], "test_acc": ev["test_acc"],
-                   "seconds": elapsed, "epoch_seconds": seconds,
-                   "images_per_sec": images / seconds,
+                   "test_loss": None, "test_acc": None, "epoch_seconds": seconds,
+                   "eval_seconds": 0.0, "images_per_sec": images / seconds,
                    "lr": float(self.learning_rate().numpy()) * cfg.batch_size}
+            if epoch == epochs or (every and epoch % every == 0):
+                t_eval = time.perf_counter()
+                ev = self.evaluate_prepared(data)
+                row.update(test_loss=ev["test_loss"], test_acc=ev["test_acc"],
+                           eval_seconds=time.perf_counter() - t_eval)
+                elapsed += row["eval_seconds"]
+                result.eval_seconds += row["eval_seconds"]
+                progress()
+                if (result.seconds_to_target is None and cfg.target is not None
+                        and ev["test_acc"] >= cfg.target):
+                    result.seconds_to_target = elapsed
+            row["seconds"] = elapsed
             result.history.append(row)
-            if (result.seconds_to_target is None and cfg.target is not None
-                    and ev["test_acc"] >= cfg.target):
-                result.seconds_to_target = elapsed
             if on_epoch is not None:
                 on_epoch(row)
         if result.history:
@@ -496,24 +552,58 @@ class Trainer:
         self.compile(len(ds.x_train), len(ds.x_test))
         return self.evaluate_prepared(self.prepare(ds))
 
+    def peek_batch(self, data: DeviceData) -> list:
+        """What the next step trains on, without training: per replica, (example indices,
+        augmented images, labels) as numpy arrays. Refills the epoch table if the step is
+        in another epoch, as the step itself would."""
+        out = self._peek_fn(data.x_train, data.y_train, data.mean, data.std)
+        return list(zip(*[[t.numpy() for t in self.placement.copies(part)] for part in out]))
+
+    @contextlib.contextmanager
+    def evaluated_weights(self):
+        """Within the block the model holds the weights evaluation uses (the moving
+        average with `ema`, else the live ones)."""
+        if self.ema_variables:
+            self.swap_ema()
+        try:
+            yield self.model
+        finally:
+            if self.ema_variables:
+                self.swap_ema()
+
     def predict(self, images: np.ndarray, mean=None, std=None) -> np.ndarray:
-        """float32 logits for uint8 NHWC images, normalised with the training statistics."""
+        """float32 logits for uint8 NHWC images, exactly as evaluation computes them: the
+        training statistics, the evaluated weights (`ema`), the test-time views (`tta`)."""
         if mean is None:
             if self.data is None:
                 raise RuntimeError("predict needs the training statistics: call fit() first "
                                    "or pass mean and std")
             mean, std = self.data.mean, self.data.std
         out = []
-        with tf.device(self.placement.devices[0]):
+        with self.evaluated_weights(), tf.device(self.placement.devices[0]):
             for i in range(0, len(images), 1000):
                 x = self.normalise(tf.constant(images[i:i + 1000]),
                                    tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
                 out.append(self._predict_fn(x).numpy())
         return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
-    def save(self, path: str) -> None:
-        """`.keras` file, written to a temporary name first so no half file is left."""
-        save_model(self.model, path)
+    def export(self, mean=None, std=None) -> keras.Model:
+        """The evaluated model as one Keras model from pixels to logits (normalisation and
+        test-time views included), sharing this trainer's variables."""
+        if mean is None:
+            if self.data is None:
+                raise RuntimeError("export needs the training statistics: call fit() first "
+                                   "or pass mean and std")
+            mean, std = self.data.mean, self.data.std
+        return inference_model(self.model, np.asarray(mean, np.float64).tolist(),
+                               np.asarray(std, np.float64).tolist(), self.config.tta)
+
+    def save(self, path: str, mean=None, std=None) -> None:
+        """The evaluated model (`export`, with the averaged weights under `ema`) as a
+        `.keras` file, written to a temporary name first so no half file is left. Loading
+        it and calling it on pixels reproduces evaluation (`fastcifar evaluate`)."""
+        with self.evaluated_weights():
+            save_model(self.export(mean, std), path)
 
 
 def _agree_on_overflow(ctx, grads):
@@ -529,20 +619,6 @@ def _agree_on_overflow(ctx, grads):
 
 def _is_bias(v) -> bool:
     return str(getattr(v, "path", v.name)).endswith("beta")
-
-
-def tta_views(x, mode: str) -> list:
-    if mode == "none":
-        return [x]
-    flipped = tf.reverse(x, axis=[2])
-    views = [x, flipped]
-    if mode == "flip_translate":
-        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
-        padded_flipped = tf.reverse(padded, axis=[2])
-        h, w = x.shape[1], x.shape[2]
-        for src in (padded, padded_flipped):
-            views += [src[:, 0:h, 0:w], src[:, 2:h + 2, 2:w + 2]]
-    return views
 
 
 def cross_entropy(labels, logits, label_smoothing: float = 0.0):

@@ -135,17 +135,51 @@ def test_loss_scaling_skips_non_finite_steps_halves_the_scale_and_counts_the_ste
     assert not np.array_equal(w0[0], _weights(tr)[0])
 
 
-def test_same_seed_same_run_and_batch_size_does_not_change_augmentation(data):
-    tr = make_trainer(seed=5)
-    dd = tr.prepare(data)
-    tr.train_steps(dd, 1)
-    table_a, perm_a = tr.table.numpy(), tr.perm.numpy()
-    other = Trainer(recipe("davidnet", width=WIDTH, batch_size=64, seed=5),
-                    RuntimeConfig(precision="float32", xla=False))
-    dd2 = other.prepare(data)
-    other.train_steps(dd2, 1)
-    np.testing.assert_array_equal(table_a, other.table.numpy())
-    np.testing.assert_array_equal(perm_a, other.perm.numpy())
+def _augmented_by_example(tr, dd, steps):
+    """{example index: (augmented image, label)} over the next `steps` steps."""
+    seen = {}
+    for _ in range(steps):
+        for idx, images, labels in tr.peek_batch(dd):
+            for i, image, label in zip(idx, images, labels):
+                seen[int(i)] = (image, int(label))
+        tr.train_steps(dd, 1)
+    return seen
+
+
+def test_batch_size_does_not_change_what_an_example_sees(data):
+    """Each example's augmented image in an epoch is the same at batch 32 and 64."""
+    a = make_trainer(seed=5)
+    b = Trainer(recipe("davidnet", width=WIDTH, batch_size=64, seed=5, epochs=4),
+                RuntimeConfig(precision="float32", xla=False))
+    at_32 = _augmented_by_example(a, a.prepare(data), 8)  # one epoch of 256 images
+    at_64 = _augmented_by_example(b, b.prepare(data), 4)
+    assert len(at_32) == len(at_64) == 256
+    changed = 0
+    for i, (image, label) in at_32.items():
+        np.testing.assert_array_equal(image, at_64[i][0])
+        assert label == at_64[i][1] == data.y_train[i]
+        raw = a.normalise(tf.constant(data.x_train[i:i + 1]), a.data.mean,
+                          a.data.std).numpy()[0]
+        changed += not np.allclose(image, raw)  # augmented (cutout at least), not raw
+    assert changed == 256
+
+
+def test_a_call_started_mid_epoch_trains_on_what_a_run_from_step_0_would(data):
+    """Step 5 of 8 (mid-epoch 0) and step 13 (mid-epoch 1), started cold, see exactly the
+    batch a run from step 0 sees there: same examples, same crops, flips and cutouts."""
+    for start in (5, 13):
+        warm = make_trainer(seed=7)
+        dd = warm.prepare(data)
+        warm.train_steps(dd, start)  # a run from step 0 reaches `start`
+        (want_idx, want_x, want_y), = warm.peek_batch(dd)
+        cold = make_trainer(seed=7)
+        cold_dd = cold.prepare(data)
+        cold.step.assign(start)
+        (idx, x, y), = cold.peek_batch(cold_dd)
+        assert len(set(idx.tolist())) == BATCH  # 32 different examples, not example 0
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_allclose(x, want_x, rtol=0, atol=0)
 
 
 LEARN = [("float32", False), ("mixed_bfloat16", False), ("float32", True),
@@ -162,17 +196,38 @@ def test_learnable_synthetic_trains_well_above_chance(precision, xla):
     assert res.images_per_sec > 0 and res.compile_seconds > 0
 
 
-def test_save_and_predict_round_trip(f32, data, tmp_path):
+def test_saved_model_is_the_evaluated_model(data, tmp_path):
+    """With EMA and TTA, the file holds the averaged weights, the training statistics and
+    the views: loading it and calling it on pixels gives evaluation's logits."""
     import keras
 
-    tr, dd = f32
+    tr = make_trainer(ema=0.5, tta="flip_translate", seed=6)
+    dd = tr.prepare(data)
+    tr.train_steps(dd, 12)
     path = tmp_path / "model.keras"
     tr.save(str(path))
-    loaded = keras.models.load_model(path)
-    x = tr.normalise(tf.constant(data.x_test[:8]), dd.mean, dd.std)
-    np.testing.assert_allclose(loaded(x, training=False).numpy(), tr.predict(data.x_test[:8]),
-                               rtol=1e-5, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    loaded = keras.models.load_model(path, safe_mode=True)
+    pixels = data.x_test.astype(np.float32)
+    got = loaded(pixels, training=False).numpy()
+    # by hand: average weights, normalise with the training statistics, mean of 6 views
+    hand = make_trainer(seed=6)
+    hand.model.set_weights([e.numpy() for e in tr.ema_variables])
+    mean = data.x_train.reshape(-1, 3).mean(0)
+    std = data.x_train.reshape(-1, 3).std(0)
+    x = (pixels - mean) / std
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    views = [x, x[:, :, ::-1]]
+    for src in (padded, padded[:, :, ::-1]):
+        views += [src[:, :32, :32], src[:, 2:, 2:]]
+    want = np.mean([hand.model(v.astype(np.float32), training=False).numpy() for v in views],
+                   axis=0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)  # a missing view: ~0.4
+    np.testing.assert_allclose(tr.predict(data.x_test), got, rtol=0, atol=1e-3)
+    ev = tr.evaluate_prepared(dd)
+    assert ev["test_acc"] == pytest.approx(np.mean(np.argmax(got, -1) == data.y_test))
+    live = tr.model(x.astype(np.float32), training=False).numpy()
+    assert np.abs(live - got).max() > 1e-2  # the live weights without TTA are another model
 
 
 def test_ema_equals_the_hand_computed_average_after_3_steps(data):
@@ -194,26 +249,32 @@ def test_ema_equals_the_hand_computed_average_after_3_steps(data):
     ev = tr.evaluate_prepared(dd)
     for v, l in zip(sources, live):
         np.testing.assert_array_equal(v.numpy(), l)
-    tr.swap_ema()
-    plain = tr.model(tr.normalise(tf.constant(data.x_test), dd.mean, dd.std), training=False)
-    tr.swap_ema()
-    acc = np.mean(np.argmax(plain.numpy(), -1) == data.y_test)
-    assert ev["test_acc"] == pytest.approx(acc, abs=1e-6)
+    averaged = make_trainer(seed=4)
+    for v, h in zip(averaged.ema_sources(), hand):
+        v.assign(h.astype(np.float32))
+    x = ((data.x_test - data.x_train.reshape(-1, 3).mean(0))
+         / data.x_train.reshape(-1, 3).std(0)).astype(np.float32)
+    losses = {}
+    for name, model in (("averaged", averaged.model), ("live", tr.model)):
+        logits = model(x, training=False)
+        losses[name] = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            data.y_test, logits)))
+    assert ev["test_loss"] == pytest.approx(losses["averaged"], rel=1e-4)
+    assert abs(losses["live"] - losses["averaged"]) > 1e-3  # the two really differ
 
 
 @pytest.mark.parametrize("mode,n_views", [("flip", 2), ("flip_translate", 6)])
 def test_tta_prediction_is_the_mean_of_the_views(f32, data, mode, n_views):
-    from fastcifar.train import tta_views
-
     tr, dd = f32
-    x = tr.normalise(tf.constant(data.x_test[:4]), dd.mean, dd.std)
-    views = tta_views(x, mode)
-    assert len(views) == n_views
-    np.testing.assert_array_equal(views[1].numpy(), x.numpy()[:, :, ::-1])
-    if mode == "flip_translate":  # shifted by one pixel: interior rows/cols line up
-        np.testing.assert_array_equal(views[2].numpy()[:, 1:, 1:], x.numpy()[:, :-1, :-1])
-        np.testing.assert_array_equal(views[3].numpy()[:, :-1, :-1], x.numpy()[:, 1:, 1:])
+    x = tr.normalise(tf.constant(data.x_test[:4]), dd.mean, dd.std).numpy()
+    # the views by hand: mirror; shifted one pixel up-left and down-right, reflect-padded
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    views = [x, x[:, :, ::-1], padded[:, :32, :32], padded[:, 2:, 2:],
+             padded[:, :, ::-1][:, :32, :32], padded[:, :, ::-1][:, 2:, 2:]][:n_views]
     want = np.mean([tr.model(v, training=False).numpy() for v in views], axis=0)
     tta = make_trainer(tta=mode)
     tta.model.set_weights(tr.model.get_weights())
-    np.testing.assert_allclose(tta.tta_logits(x).numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta.tta_logits(tf.constant(x)).numpy(), want, rtol=1e-5,
+                               atol=1e-6)
+    single = tr.model(x, training=False).numpy()
+    assert np.abs(single - want).max() > 1e-4  # the views do change the prediction
