@@ -37,6 +37,8 @@ from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
 from .util import atomic_path
 
+WHITENING_KEY = 0x57A1E  # the hash "epoch" of the whitening sample: no training epoch
+
 
 @dataclass
 class DeviceData:

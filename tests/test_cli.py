@@ -93,3 +93,35 @@ def test_info_reports_what_auto_picks():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "auto picks:" in out.stdout and "why:" in out.stdout
     assert "tensorflow" in out.stdout
+
+
+def test_a_saved_fast_model_evaluates_to_the_reported_accuracy(tmp_path):
+    """`fast` (EMA + 6-view TTA): the file evaluated in a fresh process gives the accuracy
+    the training run reported."""
+    out = run("train", "--recipe", "fast", "--data", "learnable:1024", "--width", "8",
+              "--batch-size", "64", "--epochs", "2", "--quiet", "--json",
+              str(tmp_path / "r.json"), "--save", str(tmp_path / "m.keras"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trained = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    ev = run("evaluate", str(tmp_path / "m.keras"), "--data", "learnable:1024", "--json",
+             str(tmp_path / "e.json"))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["command"] == "evaluate" and r["metrics"]["test_images"] == 204
+    assert abs(r["metrics"]["final_test_acc"] - trained["final_test_acc"]) <= 0.001
+    assert r["metrics"]["final_test_loss"] == pytest.approx(trained["final_test_loss"],
+                                                            rel=1e-3)
+    recorded = r["config"]["recorded"]
+    assert recorded["test_time_views"]["mode"] == "flip_translate"
+    assert len(recorded["standardize"]["mean"]) == 3 and "flip_translate" in ev.stdout
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: d / "absent.keras", "no such model file"),
+    (lambda d: (d / "junk.keras").write_bytes(b"not a zip") and d / "junk.keras",
+     "cannot load"),
+])
+def test_evaluate_refuses_what_is_not_a_saved_model(tmp_path, make, needle):
+    out = run("evaluate", str(make(tmp_path)), "--data", "learnable:64")
+    assert out.returncode == 2 and needle in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1

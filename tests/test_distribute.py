@@ -85,6 +85,22 @@ def test_replica_copies_agree(runs):
     assert np.array_equal(tables[0], tables[1])
 
 
+def test_replicas_started_mid_epoch_split_the_one_device_batch(data):
+    """A cold start at step 1 (mid-epoch 0) or 3 (mid-epoch 1): replica r trains on slice r
+    of exactly the batch one device trains on there."""
+    one, two = make(1), make(2)
+    one_data, two_data = one.prepare(data), two.prepare(data)
+    for start in (1, 3):
+        one.step.assign(start)
+        two.step.assign(start)
+        (idx, images, labels), = one.peek_batch(one_data)
+        parts = two.peek_batch(two_data)
+        assert len(parts) == 2 and len(set(idx.tolist())) == 512
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), idx)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), images)
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), labels)
+
+
 def test_distributed_evaluation_counts_every_test_image_once(runs, data):
     tr = runs["two_sync"][0]
     dd = runs["two_sync"][2]

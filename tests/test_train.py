@@ -182,6 +182,25 @@ def test_a_call_started_mid_epoch_trains_on_what_a_run_from_step_0_would(data):
         np.testing.assert_allclose(x, want_x, rtol=0, atol=0)
 
 
+def test_the_clock_includes_every_evaluation_and_eval_every_skips_some(data):
+    tr = Trainer(recipe("davidnet", width=WIDTH, batch_size=BATCH, epochs=3, target=0.05),
+                 RuntimeConfig(precision="float32", steps_per_call=4, eval_batch_size=64,
+                               eval_every=2))
+    res = tr.fit(data)
+    rows = res.history
+    assert [r["test_acc"] is not None for r in rows] == [False, True, True]  # 2, and last
+    assert rows[0]["eval_seconds"] == 0 and rows[1]["eval_seconds"] > 0
+    clock = res.prep_seconds
+    for r in rows:
+        clock += r["epoch_seconds"] + r["eval_seconds"]
+        assert r["seconds"] == pytest.approx(clock, rel=1e-9)
+    assert res.eval_seconds == pytest.approx(rows[1]["eval_seconds"] + rows[2]["eval_seconds"])
+    assert res.train_seconds == pytest.approx(clock, rel=1e-9)
+    # the target (5%) is certified by the first evaluation, at the end of epoch 2
+    assert res.seconds_to_target == pytest.approx(rows[1]["seconds"], rel=1e-9)
+    assert res.final_test_acc == rows[2]["test_acc"]
+
+
 LEARN = [("float32", False), ("mixed_bfloat16", False), ("float32", True),
          ("mixed_float16", True)]
 
