@@ -2,102 +2,184 @@
 
 A metric fails only when it is worse than the threshold AND the two runs' spreads do not
 overlap (the current run's best is worse than the baseline's worst), so noise alone does
-not fail a build. Accuracy is compared in percentage points. `--normalize` divides
-throughput by each run's machine calibration (a numpy matmul measured in the same run).
+not fail a build. Accuracy is compared in percentage points; for accuracy benchmarks the
+share of runs reaching the target may not drop, and a target the baseline reached must be
+reached. Unusable input (another benchmark, dataset, device or configuration, a failed
+run, a value that is not a finite number) is exit 2, never a pass. `--normalize` divides
+throughput by each run's machine calibration (a numpy matmul measured in the same run),
+which means something for CPU results only.
 """
 
 from __future__ import annotations
+
+import math
 
 from .errors import UserError
 from .results import read_json
 from .util import parse_fraction as _parse_fraction
 
-# metric -> (better, how to read its value and spread from a result's metrics)
+# benchmark -> metric -> which way is better
 GATED = {
     "step": {"images_per_sec": "higher", "step_ms": "lower"},
-    "accuracy": {"final_test_acc": "higher", "seconds_to_target": "lower"},
+    "accuracy": {"final_test_acc": "higher", "fraction_reaching_target": "higher",
+                 "seconds_to_target": "lower"},
 }
+# what must match for two results to measure the same thing
+SAME_CONFIG = {
+    "step": ("recipe", "width", "batch_size", "dropout", "whiten", "activation", "sync_bn"),
+    "accuracy": ("recipe", "width", "batch_size", "epochs", "lr_peak", "dropout", "cutout",
+                 "label_smoothing", "ema", "tta", "whiten", "target"),
+}
+SAME_RUNTIME = ("precision", "xla", "data_layout", "replicas")
 
 
-def _value_and_range(metrics: dict, name: str):
+def _number(path: str, name: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise UserError(f"{path}: metric {name!r} is {value!r}, not a finite number; "
+                        f"re-run the benchmark")
+    return float(value)
+
+
+def _value_and_range(path: str, metrics: dict, name: str):
+    """(value, (low, high)) of a metric and its spread; None when absent or null."""
     m = metrics.get(name)
     if m is None:
         return None
     if isinstance(m, dict):  # a spread: median with p10/p90 (or mean with std)
         if "median" in m:
-            return m["median"], (m.get("p10", m["median"]), m.get("p90", m["median"]))
+            mid = _number(path, name, m["median"])
+            return mid, (_number(path, name, m.get("p10", mid)),
+                         _number(path, name, m.get("p90", mid)))
         if "mean" in m:
-            s = m.get("std", 0.0)
-            return m["mean"], (m["mean"] - s, m["mean"] + s)
-        return None
-    s = metrics.get(f"{name}_spread")
-    if isinstance(s, dict) and "p10" in s:
-        return m, (s["p10"], s["p90"])
-    s = metrics.get(f"{name}_std")
-    if isinstance(s, (int, float)):
-        return m, (m - s, m + s)
-    return m, (m, m)
+            mid, s = _number(path, name, m["mean"]), _number(path, name, m.get("std", 0.0))
+            return mid, (mid - s, mid + s)
+        raise UserError(f"{path}: metric {name!r} has neither a median nor a mean; "
+                        f"re-run the benchmark")
+    value = _number(path, name, m)
+    spread = metrics.get(f"{name}_spread")
+    if isinstance(spread, dict) and "p10" in spread:
+        return value, (_number(path, name, spread["p10"]), _number(path, name, spread["p90"]))
+    std = metrics.get(f"{name}_std")
+    if std is not None:
+        std = _number(path, f"{name}_std", std)
+        return value, (value - std, value + std)
+    return value, (value, value)
+
+
+def _checked(path: str) -> dict:
+    result = read_json(path)
+    for key in ("metrics", "config", "runtime", "dataset"):
+        if not isinstance(result.get(key), dict):
+            raise UserError(f"{path}: {key!r} is not an object; is it a fastcifar result?")
+    if result.get("status") == "failed":
+        raise UserError(f"{path} is a failed run ({result.get('error', 'no reason given')}): "
+                        f"it is not a measurement; re-run it")
+    return result
+
+
+def _differences(base: dict, cur: dict, kind: str) -> list:
+    out = []
+    for section, keys in (("config", SAME_CONFIG[kind]), ("runtime", SAME_RUNTIME)):
+        for key in keys:
+            a, b = base[section].get(key), cur[section].get(key)
+            if a != b:
+                out.append(f"{key} {a!r} vs {b!r}")
+    return out
 
 
 def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
             max_acc_drop_pp: float = 0.5, normalize: bool = False, force: bool = False):
-    """Returns (exit code, table lines). 2 = unusable input (raised as UserError)."""
-    base, cur = read_json(baseline_path), read_json(current_path)
+    """Returns (exit code, table lines): 0 pass, 1 regression; unusable input raises
+    UserError (exit 2)."""
+    if not (math.isfinite(max_acc_drop_pp) and max_acc_drop_pp >= 0):
+        raise UserError(f"invalid --max-acc-drop {max_acc_drop_pp}: use a finite number of "
+                        f"percentage points >= 0")
+    if not (math.isfinite(max_regression) and 0 <= max_regression < 1):
+        raise UserError(f"invalid --max-regression {max_regression}: use 0% to 100%")
+    base, cur = _checked(baseline_path), _checked(current_path)
     kind = base.get("benchmark")
     if kind not in GATED:
         raise UserError(f"{baseline_path} is not a step or accuracy benchmark result "
-                          f"(benchmark={kind!r}); compare results of `fastcifar bench`")
+                        f"(benchmark={kind!r}); compare results of `fastcifar bench`")
     if cur.get("benchmark") != kind:
         raise UserError(f"different benchmarks: {kind!r} vs {cur.get('benchmark')!r}; "
-                          f"compare like with like")
-    for what, key in (("dataset", ("dataset", "sha256")), ("device", ("runtime", "device_name"))):
-        a, b = base.get(key[0], {}).get(key[1]), cur.get(key[0], {}).get(key[1])
+                        f"compare like with like")
+    for what, (section, key) in (("dataset", ("dataset", "sha256")),
+                                 ("device", ("runtime", "device_name"))):
+        a, b = base[section].get(key), cur[section].get(key)
         if a != b and not force:
             raise UserError(f"different {what}: {a!r} vs {b!r}; pass --force to compare "
-                              f"anyway")
-    calib = []
-    if normalize:
-        for path, r in ((baseline_path, base), (current_path, cur)):
-            g = (r.get("calibration") or {}).get("gflops")
-            if not g:
-                raise UserError(f"{path} has no machine calibration; re-run the benchmark "
-                                  f"with this version to use --normalize")
-            calib.append(g)
-    lines = [f"{'metric':<22} {'baseline':>14} {'current':>14} {'change':>10}  verdict"]
+                            f"anyway")
+    differences = _differences(base, cur, kind)
+    if differences and not force:
+        raise UserError(f"different configurations ({'; '.join(differences)}): they measure "
+                        f"different things; pass --force to compare anyway")
+    calib = _calibrations(baseline_path, base, current_path, cur) if normalize else None
+    lines = [f"{'metric':<26} {'baseline':>14} {'current':>14} {'change':>10}  verdict"]
     failed = False
     for name, better in GATED[kind].items():
-        a = _value_and_range(base["metrics"], name)
-        b = _value_and_range(cur["metrics"], name)
-        if a is None or b is None:
-            if name == "seconds_to_target":
-                continue  # optional: a run may not reach its target
-            missing = baseline_path if a is None else current_path
-            raise UserError(f"{missing} lacks metric {name!r}; re-run the benchmark")
-        (va, ra), (vb, rb) = a, b
-        if va is None or vb is None:
-            lines.append(f"{name:<22} {_fmt(va):>14} {_fmt(vb):>14} {'':>10}  skipped (null)")
-            continue
-        if normalize and name in ("images_per_sec", "step_ms"):
-            f = (lambda x, g: x / g) if name == "images_per_sec" else (lambda x, g: x * g)
-            va, ra = f(va, calib[0]), tuple(f(x, calib[0]) for x in ra)
-            vb, rb = f(vb, calib[1]), tuple(f(x, calib[1]) for x in rb)
-        if name == "final_test_acc":
-            change = 100 * (vb - va)
-            worse = -change > max_acc_drop_pp
-            shown = f"{change:+.2f} pp"
-        else:
-            rel = (vb - va) / va if va else 0.0
-            worse = (-rel if better == "higher" else rel) > max_regression
-            shown = f"{100 * rel:+.1f}%"
-        outside = (max(rb) < min(ra)) if better == "higher" else (min(rb) > max(ra))
-        verdict = "FAIL" if worse and outside else \
-            "worse, within noise" if worse else "ok"
-        failed |= verdict == "FAIL"
-        lines.append(f"{name:<22} {_fmt(va):>14} {_fmt(vb):>14} {shown:>10}  {verdict}")
-    if normalize:
+        a = _value_and_range(baseline_path, base["metrics"], name)
+        b = _value_and_range(current_path, cur["metrics"], name)
+        verdict, shown = _verdict(name, better, a, b, calib, max_regression, max_acc_drop_pp,
+                                  baseline_path, current_path)
+        failed |= verdict.startswith("FAIL")
+        va, vb = (None if x is None else x[0] for x in (a, b))
+        lines.append(f"{name:<26} {_fmt(va):>14} {_fmt(vb):>14} {shown:>10}  {verdict}")
+    if differences:
+        lines.append("(compared with --force although the configurations differ: "
+                     + "; ".join(differences) + ")")
+    if calib:
         lines.append(f"(throughput divided by machine calibration: {calib[0]:.1f} vs "
                      f"{calib[1]:.1f} GFLOP/s numpy matmul)")
     return (1 if failed else 0), lines
+
+
+def _calibrations(baseline_path, base, current_path, cur) -> tuple:
+    out = []
+    for path, r in ((baseline_path, base), (current_path, cur)):
+        if r["runtime"].get("device_kind") == "GPU":
+            raise UserError(f"{path} ran on a GPU: --normalize divides by a CPU matmul, which "
+                            f"says nothing about a GPU; compare on the same machine without "
+                            f"--normalize")
+        g = (r.get("calibration") or {}).get("gflops")
+        if not g:
+            raise UserError(f"{path} has no machine calibration; re-run the benchmark "
+                            f"with this version to use --normalize")
+        out.append(_number(path, "calibration.gflops", g))
+    return tuple(out)
+
+
+def _verdict(name, better, a, b, calib, max_regression, max_acc_drop_pp, base_path, cur_path):
+    """(verdict, change shown) for one metric."""
+    if a is None and b is None:
+        return "skipped (null in both)", ""
+    if name == "seconds_to_target":
+        if b is None:
+            return "FAIL (target no longer reached)", ""
+        if a is None:
+            return "ok (now reached)", ""
+    elif a is None or b is None:
+        raise UserError(f"{base_path if a is None else cur_path} lacks metric {name!r}; "
+                        f"re-run the benchmark")
+    (va, ra), (vb, rb) = a, b
+    if name == "fraction_reaching_target":
+        change = vb - va
+        return ("FAIL (fewer runs reach the target)" if change < 0 else "ok"), \
+            f"{100 * change:+.0f} pp"
+    if calib and name in ("images_per_sec", "step_ms"):
+        f = (lambda x, g: x / g) if name == "images_per_sec" else (lambda x, g: x * g)
+        va, ra = f(va, calib[0]), tuple(f(x, calib[0]) for x in ra)
+        vb, rb = f(vb, calib[1]), tuple(f(x, calib[1]) for x in rb)
+    if name == "final_test_acc":
+        change = 100 * (vb - va)
+        worse, shown = -change > max_acc_drop_pp, f"{change:+.2f} pp"
+    else:
+        rel = (vb - va) / va if va else 0.0
+        worse, shown = (-rel if better == "higher" else rel) > max_regression, \
+            f"{100 * rel:+.1f}%"
+    outside = (max(rb) < min(ra)) if better == "higher" else (min(rb) > max(ra))
+    return ("FAIL" if worse and outside else "worse, within noise" if worse else "ok"), shown
 
 
 def _fmt(v) -> str:
@@ -109,6 +191,6 @@ def _fmt(v) -> str:
 def parse_fraction(text: str) -> float:
     """'10%' or '0.1' -> 0.1, for a threshold in [0%, 100%)."""
     value = _parse_fraction(text, "threshold")
-    if not 0 <= value < 1:
+    if not (math.isfinite(value) and 0 <= value < 1):
         raise UserError(f"invalid threshold {text!r}: must be between 0% and 100%")
     return value

@@ -105,6 +105,9 @@ def read_json(path: str) -> dict:
             obj = json.load(f)
     except FileNotFoundError:
         raise UserError(f"no such result file {path}") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a fastcifar result (nested too deeply to read)") \
+            from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable JSON result ({e})") from None
     if not isinstance(obj, dict) or obj.get("schema_version") != SCHEMA_VERSION:

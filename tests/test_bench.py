@@ -21,14 +21,25 @@ def run(*args, cwd=None, env=None, timeout=600):
 
 
 def test_flops_per_layer_match_a_hand_count():
-    for width in (4, 64):
-        m = davidnet(width)
-        assert flops.forward_flops(m) == flops.davidnet_forward_flops(width)
-    # c = 64 by hand: prep 2*32*32*9*3*64, then five 151M-FLOP convs (layer1, res x2 at
-    # 16x16 = 2 x 75.5M, layer2, layer3, res x2 at 4x4 = 2 x 75.5M), dense 2*512*10
-    by_hand = 2 * 1024 * 9 * 3 * 64 + 5 * 150_994_944 + 2 * 512 * 10
-    assert flops.davidnet_forward_flops(64) == by_hand
-    assert flops.train_flops(davidnet(64)) == 3 * by_hand  # ~2.3 GFLOP per image
+    # c = 64, 2 FLOPs per multiply-add, written out layer by layer:
+    hand = {
+        "prep_conv": 2 * 32 * 32 * 9 * 3 * 64,            # 3.5M
+        "layer1_conv": 2 * 32 * 32 * 9 * 64 * 128,        # 151M
+        "layer1_res1_conv": 2 * 16 * 16 * 9 * 128 * 128,  # 75.5M
+        "layer1_res2_conv": 2 * 16 * 16 * 9 * 128 * 128,
+        "layer2_conv": 2 * 16 * 16 * 9 * 128 * 256,       # 151M
+        "layer3_conv": 2 * 8 * 8 * 9 * 256 * 512,         # 151M
+        "layer3_res1_conv": 2 * 4 * 4 * 9 * 512 * 512,    # 75.5M
+        "layer3_res2_conv": 2 * 4 * 4 * 9 * 512 * 512,
+        "linear": 2 * 512 * 10,
+    }
+    assert dict(flops.per_layer(davidnet(64))) == hand
+    assert sum(hand.values()) == 758_523_904
+    assert flops.train_flops(davidnet(64)) == 3 * 758_523_904  # ~2.3 GFLOP per image
+    assert flops.forward_flops(davidnet(4)) == (2 * 1024 * 9 * 3 * 4 + 2 * 1024 * 9 * 4 * 8
+                                                + 2 * 2 * 256 * 9 * 8 * 8
+                                                + 2 * 256 * 9 * 8 * 16 + 2 * 64 * 9 * 16 * 32
+                                                + 2 * 2 * 16 * 9 * 32 * 32 + 2 * 32 * 10)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +108,7 @@ def test_compare_fails_on_a_real_regression_only_outside_noise(step_results, tmp
     noisy = _with_metrics(base, tmp_path / "noisy.json", images_per_sec=ips * 0.8,
                           images_per_sec_spread={"p10": ips * 0.3, "p90": ips * 1.5})
     out = run("compare", str(base), str(noisy))
-    assert out.returncode in (0, 1)
+    assert out.returncode == 0, out.stdout + out.stderr
     assert "images_per_sec" in out.stdout and "within noise" in out.stdout
 
 
@@ -132,6 +143,78 @@ def test_compare_unusable_input_exits_2(step_results, tmp_path, mutate, needle):
     out = run("compare", str(d / "a.json"), str(other))
     assert out.returncode == 2 and needle in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def _accuracy_result(step_json, path, fraction, seconds, acc=0.90, std=0.005):
+    r = json.loads(step_json.read_text())
+    r["benchmark"] = "accuracy"
+    r["metrics"] = {"final_test_acc": acc, "final_test_acc_std": std,
+                    "fraction_reaching_target": fraction, "seconds_to_target": seconds}
+    path.write_text(json.dumps(r))
+    return path
+
+
+def test_compare_gates_on_the_share_of_runs_reaching_the_target(step_results, tmp_path):
+    d, _, _ = step_results
+    base = _accuracy_result(d / "a.json", tmp_path / "base.json", 1.0, 100.0)
+    # the runs that reached it were faster, but one run in three missed: a regression
+    fewer = _accuracy_result(d / "a.json", tmp_path / "fewer.json", 2 / 3, 80.0)
+    out = run("compare", str(base), str(fewer))
+    assert out.returncode == 1 and "fewer runs reach the target" in out.stdout, out.stdout
+    missed = _accuracy_result(d / "a.json", tmp_path / "missed.json", 1 / 3, None)
+    out = run("compare", str(base), str(missed))
+    assert out.returncode == 1 and "target no longer reached" in out.stdout, out.stdout
+    same = _accuracy_result(d / "a.json", tmp_path / "same.json", 1.0, 99.0)
+    assert run("compare", str(base), str(same)).returncode == 0
+
+
+def _mutated(step_json, path, mutate):
+    r = json.loads(step_json.read_text())
+    mutate(r)
+    path.write_text(json.dumps(r))
+    return path
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda r: r["metrics"].update(images_per_sec=float("nan")), "not a finite number"),
+    (lambda r: r["metrics"]["step_ms"].update(median="fast"), "not a finite number"),
+    (lambda r: r.update(metrics=[1, 2, 3]), "'metrics' is not an object"),
+    (lambda r: r["config"].update(width=16), "different configurations (width "),
+    (lambda r: r["runtime"].update(precision="float32", xla=True), "precision"),
+    (lambda r: r.update(status="failed", error="diverged"), "failed run (diverged)"),
+])
+def test_compare_refuses_what_it_cannot_compare(step_results, tmp_path, mutate, needle):
+    d, _, _ = step_results
+    bad = _mutated(d / "a.json", tmp_path / "bad.json", mutate)
+    for args in ((d / "a.json", bad), (bad, d / "a.json")):  # either way round
+        out = run("compare", *map(str, args))
+        assert out.returncode == 2 and needle in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_compare_mismatched_configs_with_force_shows_the_difference(step_results, tmp_path):
+    d, _, _ = step_results
+    wide = _mutated(d / "a.json", tmp_path / "wide.json", lambda r: r["config"].update(width=16))
+    out = run("compare", str(d / "a.json"), str(wide), "--force")
+    assert out.returncode in (0, 1) and "configurations differ: width 4 vs 16" in out.stdout
+
+
+def test_compare_refuses_bad_thresholds_deep_json_and_normalized_gpus(step_results, tmp_path):
+    d, _, _ = step_results
+    out = run("compare", str(d / "a.json"), str(d / "b.json"), "--max-acc-drop", "nan")
+    assert out.returncode == 2 and "--max-acc-drop" in out.stderr
+    out = run("compare", str(d / "a.json"), str(d / "b.json"), "--max-regression", "inf")
+    assert out.returncode == 2 and "threshold" in out.stderr
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    out = run("compare", str(d / "a.json"), str(deep))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    gpu = lambda r: r["runtime"].update(device_kind="GPU")
+    a = _mutated(d / "a.json", tmp_path / "ga.json", gpu)
+    b = _mutated(d / "a.json", tmp_path / "gb.json", gpu)
+    assert run("compare", str(a), str(b)).returncode == 0  # the same numbers
+    out = run("compare", str(a), str(b), "--normalize")
+    assert out.returncode == 2 and "says nothing about a GPU" in out.stderr, out.stderr
 
 
 def test_bench_bad_input(tmp_path):

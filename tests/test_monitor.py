@@ -1,5 +1,6 @@
 """The utilisation monitor: statistics, windows, fallbacks, errors, the real sources."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -183,15 +184,11 @@ def test_monitor_imports_without_tensorflow():
 
 
 def _real_gpu_present():
-    try:
-        import pynvml
+    """From the kernel driver's device files, not from NVML: a GPU host whose NVML is
+    broken must fail the test below, not skip it."""
+    import glob
 
-        pynvml.nvmlInit()
-        n = pynvml.nvmlDeviceGetCount()
-        pynvml.nvmlShutdown()
-        return n > 0
-    except Exception:
-        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/proc/driver/nvidia/gpus")
 
 
 @pytest.mark.skipif(not _real_gpu_present(), reason="no NVIDIA GPU/driver on this machine: "
