@@ -3,7 +3,8 @@
     python benchmarks/step_throughput.py --width 64 --batch-size 512 --rounds 3 --steps 3
 
 Variants: fastcifar in float32 and mixed_bfloat16 with XLA off and on, `auto`, and the
-tutorial's eager + per-image tf.data loop (float32). Rounds alternate the variants
+tutorial's eager + per-image tf.data loop (float32, in a process of its own, as
+`fastcifar bench step --compare tutorial` runs it). Rounds alternate the variants
 (A B C ... A B C ...) so machine noise hits all alike; each timing is one synchronised
 call of `--steps` steps after compilation (compile time is reported apart). Prints medians,
 spread and ratios; `--json PATH` writes them.
@@ -12,7 +13,6 @@ spread and ratios; `--json PATH` writes them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,26 +34,24 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    import tensorflow as tf
-
-    from fastcifar.baselines.tutorial import TutorialTrainer
+    from fastcifar.baselines.tutorial import TutorialProcess
     from fastcifar.bench import compiled_call
     from fastcifar.config import RuntimeConfig, recipe
-    from fastcifar.data import synthetic
+    from fastcifar.data import load
     from fastcifar.runtime import environment
 
-    ds = synthetic(args.train_size, 1000)
+    spec = f"synthetic:{args.train_size}"
+    ds = load(spec)
     cfg = recipe("tutorial", width=args.width, batch_size=args.batch_size)
     runners, compile_s, resolved = {}, {}, {}
     for name in args.variants.split(","):
         if name == "tutorial":
-            t = TutorialTrainer(width=args.width, batch_size=args.batch_size)
-            t.prepare(ds.x_train, ds.y_train)
             t0 = time.perf_counter()
-            t.time_steps(1)
-            compile_s[name] = time.perf_counter() - t0
-            runners[name] = lambda t=t: t.time_steps(args.steps)
-            resolved[name] = {"precision": "float32", "xla": False, "mode": "eager+tf.data"}
+            tutorial = TutorialProcess(spec, width=args.width, batch_size=args.batch_size)
+            compile_s[name] = time.perf_counter() - t0  # start-up, first step, buffer fill
+            runners[name] = lambda: tutorial.time_steps(args.steps)
+            resolved[name] = {"precision": "float32", "xla": False,
+                              "mode": "eager+tf.data, own process"}
             continue
         spec, _, layout = name.partition(":")  # e.g. mixed_bfloat16:compute
         prec, _, xla = spec.partition("+")

@@ -193,25 +193,25 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
     return row, call
 
 
-def tutorial_speedup(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int,
+def tutorial_speedup(config: TrainConfig, runtime: RuntimeConfig, data: str, steps: int,
                      pairs: int, fast_call=None) -> dict:
-    """Fast trainer (A) against the tutorial's eager loop (B), alternating A B A B in one
-    process; the speed-up is the median/min/max of the pairwise throughput ratios.
-    `fast_call`: an already compiled call from `time_steps` (else one is built)."""
-    from .baselines.tutorial import TutorialTrainer
+    """Fast trainer (A) against the tutorial's eager loop (B, in its own process:
+    `TutorialProcess`), alternating A B A B; the speed-up is the median/min/max of the
+    pairwise throughput ratios. `fast_call`: an already compiled call from `time_steps`
+    (else one is built)."""
+    from . import data as data_mod
+    from .baselines.tutorial import TutorialProcess
 
-    fast = fast_call or compiled_call(config, runtime, ds, steps)[1]
-    tutorial = TutorialTrainer(width=config.width, batch_size=config.batch_size,
-                               seed=config.seed)
-    tutorial.prepare(ds.x_train, ds.y_train)
-    tutorial.time_steps(1)  # builds the model
+    fast = fast_call or compiled_call(config, runtime, data_mod.load(data), steps)[1]
     ratios, fast_ips, tutorial_ips = [], [], []
-    for _ in range(pairs):
-        a = steps * config.batch_size / time_calls(fast, 1)[0]
-        b = steps * config.batch_size / tutorial.time_steps(steps)
-        fast_ips.append(a)
-        tutorial_ips.append(b)
-        ratios.append(a / b)
+    with TutorialProcess(data, width=config.width, batch_size=config.batch_size,
+                         seed=config.seed) as tutorial:
+        for _ in range(pairs):
+            a = steps * config.batch_size / time_calls(fast, 1)[0]
+            b = steps * config.batch_size / tutorial.time_steps(steps)
+            fast_ips.append(a)
+            tutorial_ips.append(b)
+            ratios.append(a / b)
     speedup = summarize(ratios)
     return {"speedup_vs_tutorial": speedup, "speedup_vs_seed": speedup,
             "tutorial_images_per_sec": summarize(tutorial_ips),
@@ -281,7 +281,7 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
     if compare == "tutorial":
         say(f"comparing with the tutorial's loop ({pairs} alternating pairs)")
         metrics.update(tutorial_speedup(config.replace(batch_size=head["batch_size"]),
-                                        runtime, ds, steps, pairs,
+                                        runtime, data, steps, pairs,
                                         fast_call=calls.get(head["batch_size"])))
     return results.build("bench", config.to_dict(), head["runtime"], environment(),
                          ds.identity(), metrics, benchmark="step", sweep=sweep,

@@ -82,6 +82,20 @@ def make_dataset(x_train, y_train, x_test, y_test, name: str,
     return Dataset(*arrays, name=name, sha256=content_hash(*arrays), classes=tuple(classes))
 
 
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
+    """Per-channel mean and std of uint8 NHWC images, exactly: integer sums over chunks
+    (no float copy of the whole set, which a framework's allocator would keep resident)."""
+    total = np.zeros(3, np.int64)
+    squares = np.zeros(3, np.int64)
+    for i in range(0, len(images), chunk):
+        part = images[i:i + chunk].reshape(-1, 3).astype(np.int64)
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    count = images.size // 3
+    mean = total / count
+    return mean.astype(np.float32), np.sqrt(squares / count - mean ** 2).astype(np.float32)
+
+
 # --- the official python archive -------------------------------------------------------
 
 class _CifarUnpickler(pickle.Unpickler):

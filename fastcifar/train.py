@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
-from .data import Dataset
+from .data import Dataset, channel_stats
 from .errors import ConfigError
 from .model import davidnet, inference_model, standardize
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
@@ -194,14 +194,11 @@ class Trainer:
         """Statistics, padding and upload, once, on the training device(s)."""
         self._use_training_set_of(len(ds.x_train))
         pad = self.config.crop_padding
+        # exact, and without a float copy of the set (a float32 mean over 10^8 pixels is
+        # off in the third decimal; the allocator would keep the copy resident)
+        mean, std = (tf.constant(v) for v in channel_stats(ds.x_train))
         with tf.device(self.runtime.device if not self.distributed else "/CPU:0"):
             x = tf.convert_to_tensor(ds.x_train)
-            # float64: a float32 mean over 10^8 pixels is off in the third decimal
-            wide = tf.cast(x, tf.float64)
-            mean = tf.reduce_mean(wide, axis=[0, 1, 2])
-            std = tf.sqrt(tf.reduce_mean(tf.square(wide - mean), axis=[0, 1, 2]))
-            mean, std = tf.cast(mean, tf.float32), tf.cast(std, tf.float32)
-            del wide
             if self.runtime.data_layout == "compute":
                 x = tf.cast((tf.cast(x, tf.float32) - mean) / std, self.compute_dtype)
             if pad:

@@ -297,3 +297,39 @@ def test_tta_prediction_is_the_mean_of_the_views(f32, data, mode, n_views):
                                atol=1e-6)
     single = tr.model(x, training=False).numpy()
     assert np.abs(single - want).max() > 1e-4  # the views do change the prediction
+
+
+def test_xla_that_cannot_compile_falls_back_under_auto_and_fails_when_asked_for(
+        data, monkeypatch, capsys):
+    """As TF 2.21 with some cuDNN 9 versions does on GPUs: XLA's conv autotuner finds no
+    supported configs. Injected at the seam where compilation happens."""
+    import dataclasses
+
+    from fastcifar import train as train_mod
+    from fastcifar.errors import ConfigError
+
+    real_compile, real_resolve = Trainer._compile_on, train_mod.resolve
+
+    def autotuner_fails(self, dummy):
+        if self.runtime.xla:
+            raise tf.errors.InternalError(None, None, "Autotuning failed: could not find "
+                                          "any supported configs\nmore detail")
+        return real_compile(self, dummy)
+
+    monkeypatch.setattr(Trainer, "_compile_on", autotuner_fails)
+    # `auto` resolves to XLA on (as on a GPU)
+    monkeypatch.setattr(train_mod, "resolve",
+                        lambda rt: dataclasses.replace(real_resolve(rt), xla=True))
+    auto = make_trainer(xla=None)
+    assert auto.runtime.xla
+    assert auto.compile(len(data.x_train), len(data.x_test)) > 0
+    assert not auto.runtime.xla and "XLA failed to compile" in auto.runtime.why
+    assert "could not find any supported configs" in auto.describe_runtime()["why"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastcifar: warning: XLA could not compile")
+    loss, _ = auto.train_steps(auto.prepare(data), 2)  # and it trains, uncompiled
+    assert np.isfinite(float(loss.numpy()))
+    explicit = make_trainer(xla=True)
+    with pytest.raises(ConfigError, match=r"XLA could not compile the training step .*"
+                                          r"could not find any supported configs.*--no-xla"):
+        explicit.compile(len(data.x_train), len(data.x_test))

@@ -86,11 +86,14 @@ class TutorialTrainer:
         self.opt = TutorialNesterov(learning_rate=self._lr, momentum=0.9)
 
     def prepare(self, x_train, y_train):
-        mean = np.mean(x_train, axis=(0, 1, 2))
-        std = np.std(x_train, axis=(0, 1, 2))
-        x = ((x_train - mean) / std).astype(np.float32)
+        """As the tutorial: normalise and pad on the host, float32. Kept as one TensorFlow
+        constant (not also as numpy, which `from_tensor_slices` would copy each epoch)."""
+        from ..data import channel_stats
+
+        mean, std = channel_stats(x_train)
+        x = (x_train.astype(np.float32) - mean) / std
         x = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
-        self.x_train, self.y_train = x, y_train.astype(np.int32)
+        self.x_train, self.y_train = tf.constant(x), tf.constant(y_train.astype(np.int32))
         self.batches_per_epoch = len(x) // self.batch_size + 1
 
     def _lr(self):
@@ -102,7 +105,8 @@ class TutorialTrainer:
         aug = lambda x, y: (tf.image.random_flip_left_right(tf.image.random_crop(x, [32, 32, 3])),
                             y)
         return (tf.data.Dataset.from_tensor_slices((self.x_train, self.y_train)).map(aug)
-                .shuffle(len(self.x_train), seed=self.seed).batch(self.batch_size).prefetch(1))
+                .shuffle(int(self.x_train.shape[0]), seed=self.seed).batch(self.batch_size)
+                .prefetch(1))
 
     def step(self, x, y):
         with tf.GradientTape() as tape:
@@ -127,3 +131,82 @@ class TutorialTrainer:
             loss, _ = self.step(x, y)
         float(loss.numpy())
         return time.perf_counter() - t0
+
+
+class TutorialProcess:
+    """The tutorial's loop in a process of its own, timed on request. Compared in one
+    process, its tf.data threads (prefetching the next batch), its 3 GB of host data and
+    shuffle buffer, and the shared allocator and thread pools slow whatever it alternates
+    with; in its own process only one of the two runs at a time."""
+
+    def __init__(self, data: str, width: int = 64, batch_size: int = 512, seed: int = 0):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, data, width, batch_size, seed),
+                                 daemon=True, name="fastcifar-tutorial")
+        self._proc.start()
+        child.close()
+        status, detail = self._receive()
+        if status != "ready":
+            self.close()
+            raise RuntimeError(f"the tutorial's process failed to start: {detail}")
+
+    def _receive(self):
+        if not self._conn.poll(3600):
+            raise RuntimeError("the tutorial's process did not answer within an hour")
+        return self._conn.recv()
+
+    def time_steps(self, n_steps: int) -> float:
+        """Seconds for `n_steps` steps of the tutorial's loop (as `TutorialTrainer`)."""
+        self._conn.send(n_steps)
+        status, value = self._receive()
+        if status != "seconds":
+            raise RuntimeError(f"the tutorial's process failed: {value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve(conn, data: str, width: int, batch_size: int, seed: int) -> None:
+    """The child side of `TutorialProcess`: build, take the untimed first step, then time
+    steps until told to stop."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from ..data import load
+
+        ds = load(data)
+        trainer = TutorialTrainer(width=width, batch_size=batch_size, seed=seed)
+        trainer.prepare(ds.x_train, ds.y_train)
+        del ds
+        trainer.time_steps(1)  # builds the model, fills the shuffle buffer: not timed
+        conn.send(("ready", None))
+        while True:
+            n = conn.recv()
+            if n is None:
+                break
+            conn.send(("seconds", trainer.time_steps(n)))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except Exception as e:  # reported to the parent as one line
+        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+    finally:
+        conn.close()
