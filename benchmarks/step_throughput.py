@@ -40,14 +40,15 @@ def main(argv=None) -> int:
     from fastcifar.data import load
     from fastcifar.runtime import environment
 
-    spec = f"synthetic:{args.train_size}"
-    ds = load(spec)
+    data_spec = f"synthetic:{args.train_size}"
+    ds = load(data_spec)
     cfg = recipe("tutorial", width=args.width, batch_size=args.batch_size)
     runners, compile_s, resolved = {}, {}, {}
     for name in args.variants.split(","):
         if name == "tutorial":
             t0 = time.perf_counter()
-            tutorial = TutorialProcess(spec, width=args.width, batch_size=args.batch_size)
+            tutorial = TutorialProcess(data_spec, width=args.width,
+                                       batch_size=args.batch_size)
             compile_s[name] = time.perf_counter() - t0  # start-up, first step, buffer fill
             runners[name] = lambda: tutorial.time_steps(args.steps)
             resolved[name] = {"precision": "float32", "xla": False,

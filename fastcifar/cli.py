@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .errors import UserError
@@ -141,7 +142,7 @@ def _configs(args, default_recipe: str = "davidnet"):
 
 def _start(args):
     """Check the output can be written (before any work); the progress printer."""
-    if getattr(args, "json", None):
+    if getattr(args, "json", None) is not None:
         from .results import check_writable
 
         check_writable(args.json)
@@ -150,7 +151,7 @@ def _start(args):
 
 
 def _write(args, result) -> None:
-    if args.json:
+    if args.json is not None:
         from .results import write_json
 
         write_json(args.json, result)
@@ -222,8 +223,10 @@ def cmd_bench_step(args) -> int:
     sizes = args.batch_sizes or ()
     cfg, runtime = _configs(args, default_recipe="tutorial")
     cfg = cfg.replace(batch_size=sizes[0]) if sizes else cfg
-    if args.profile:
-        os.makedirs(args.profile, exist_ok=True)
+    if args.profile is not None:
+        from .results import check_folder
+
+        check_folder(args.profile)
     import_tensorflow_quietly()
     compare = "tutorial" if args.compare else None  # "seed": the old name
     result = step_benchmark(cfg, runtime, args.data, sizes, args.steps, args.reps, compare,
@@ -322,8 +325,18 @@ def cmd_compare(args) -> int:
     return code
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, CI runners, Kubernetes), unwound like Ctrl-C: every temporary
+    file is removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and (len(argv) == 1 or (argv[1].startswith("-")
                                                      and argv[1] not in ("-h", "--help"))):
@@ -339,9 +352,11 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"fastcifar: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fastcifar: interrupted; no result written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, _Terminated)
+        print(f"fastcifar: {'terminated' if terminated else 'interrupted'}; no result "
+              f"written", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

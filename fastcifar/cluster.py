@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from typing import Optional
 from .errors import ConfigError, PeerError
 
 HEARTBEAT_ENV = "FASTCIFAR_HEARTBEAT_FD"
+SUPERVISOR_ENV = "FASTCIFAR_SUPERVISOR_PID"  # only the supervisor's own child is supervised
+NATIVE_LOG_ENV = "FASTCIFAR_NATIVE_LOG"
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -71,7 +74,8 @@ def parse_tf_config(text: Optional[str]) -> Cluster:
             raise bad(f"cluster.{job} must be a list of 'host:port' strings")
         for a in addrs:
             host, _, port = a.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not (port.isascii() and port.isdigit()) \
+                    or not 0 < int(port) < 65536:
                 raise bad(f"address {a!r} is not 'host:port'")
         jobs[job] = addrs
     if len(jobs["chief"]) > 1:
@@ -110,8 +114,11 @@ def tf_config(workers, index: int) -> str:
 
 
 def is_supervised() -> bool:
-    """True in a worker started by `supervise` (it reports progress to its parent)."""
-    return HEARTBEAT_ENV in os.environ
+    """True in a worker started by `supervise` (it reports progress to its parent): the
+    variables must name this process' parent, so a stale copy inherited from a shell does
+    not turn supervision off."""
+    return (HEARTBEAT_ENV in os.environ
+            and os.environ.get(SUPERVISOR_ENV) == str(os.getppid()))
 
 
 def heartbeat(event: str = "tick") -> None:
@@ -134,19 +141,16 @@ def worker_path(path: Optional[str], cluster: Optional[Cluster]) -> Optional[str
     return f"{stem}.worker{cluster.rank}.json"
 
 
-def native_log_path(rank: int, supervisor_pid: int) -> str:
-    return os.path.join(tempfile.gettempdir(), f"fastcifar-worker{rank}-{supervisor_pid}.log")
-
-
-def redirect_native_stderr(rank: int) -> str:
+def redirect_native_stderr() -> Optional[str]:
     """In a supervised worker, send what TensorFlow's C++ runtime writes to fd 2 (gRPC and
-    collective chatter, many lines per lost peer) to a log file; Python's own stderr (the
-    one-line error, progress bars, tracebacks) keeps the terminal. Returns the log path."""
-    path = native_log_path(rank, os.getppid())
-    if os.environ.get("FASTCIFAR_TF_LOGS") == "1":
-        return path
+    collective chatter, many lines per lost peer) to the log file the supervisor named, in
+    a folder only this user can enter; created exclusively and never through a symlink.
+    Python's own stderr (the one-line error, progress bars) keeps the terminal."""
+    path = os.environ.get(NATIVE_LOG_ENV)
+    if not path or os.environ.get("FASTCIFAR_TF_LOGS") == "1":
+        return None
     terminal = os.dup(2)
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     os.dup2(log, 2)
     os.close(log)
     sys.stderr = os.fdopen(terminal, "w", buffering=1)
@@ -171,13 +175,33 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
     Deadlines: `timeout` seconds from start until the child says "ready" (every peer
     joined), then `timeout` seconds between any two heartbeats. After "done" the child gets
     `grace` seconds to exit. A missed deadline kills the child's process group and raises
-    PeerError naming the likely cause."""
+    PeerError naming the likely cause. TensorFlow's C++ log of the child goes to a private
+    folder, removed when the child succeeds and named in the error when it does not."""
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ, **{HEARTBEAT_ENV: str(write_fd)})
+    log_dir = tempfile.mkdtemp(prefix="fastcifar-worker-")  # mode 0700
+    log = os.path.join(log_dir, f"tensorflow-worker{cluster.rank}.log")
+    env = dict(os.environ, **{HEARTBEAT_ENV: str(write_fd), SUPERVISOR_ENV: str(os.getpid()),
+                              NATIVE_LOG_ENV: log})
     proc = subprocess.Popen([sys.executable, "-m", "fastcifar.cli", *argv], env=env,
                             pass_fds=(write_fd,), start_new_session=True,
                             preexec_fn=_die_with_parent)
     os.close(write_fd)
+    code = None
+    try:
+        code = _watch(proc, read_fd, cluster, timeout, grace, log)
+        return code
+    except KeyboardInterrupt:
+        _kill(proc)
+        raise
+    finally:
+        os.close(read_fd)
+        if proc.poll() is None:
+            _kill(proc)
+        if code == 0:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _watch(proc, read_fd, cluster, timeout, grace, log) -> int:
     sel = selectors.DefaultSelector()
     sel.register(read_fd, selectors.EVENT_READ)
     phase, deadline, buf = "start", time.monotonic() + timeout, b""
@@ -195,7 +219,7 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
                     return 0
                 raise PeerError(
                     _stall_message(phase, cluster, timeout, time.monotonic() - t_start)
-                    + f" (TensorFlow's log: {native_log_path(cluster.rank, os.getpid())})")
+                    + f" (TensorFlow's log: {log})")
             chunk = os.read(read_fd, 4096)
             if not chunk:  # the child closed its end: it is exiting
                 try:
@@ -211,14 +235,8 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
                 if event in ("ready", "done"):
                     phase = event
             deadline = time.monotonic() + (grace if phase == "done" else timeout)
-    except KeyboardInterrupt:
-        _kill(proc)
-        raise
     finally:
         sel.close()
-        os.close(read_fd)
-        if proc.poll() is None:
-            _kill(proc)
 
 
 def _die_with_parent() -> None:

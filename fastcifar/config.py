@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
 
 from .errors import ConfigError
-from .util import parse_fraction
+from .util import parse_fraction, physical_memory_bytes
 
 __all__ = ["ConfigError", "TrainConfig", "RuntimeConfig", "RECIPES", "RECIPE_ALIASES",
            "FAST_TECHNIQUES", "recipe", "settings", "settings_table"]
@@ -149,7 +149,8 @@ class TrainConfig(_Settings):
 
     recipe: str = setting("davidnet", "the recipe these values started from", flag=False)
     epochs: int = setting(24, "epochs to train", low=1)
-    batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1)
+    batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1,
+                              high=1 << 20)
     width: int = setting(64, "channels of the first layer, c", low=1,
                          hint="(the tutorial uses 64)")
     lr_peak: float = setting(0.4, "peak learning rate (per example: divided by the batch "
@@ -183,7 +184,8 @@ class TrainConfig(_Settings):
                                 low=0, high=16)
     target: Optional[float] = setting(0.94, "test accuracy to reach, e.g. 0.93 or 93%",
                                       low=0, low_open=True, high=1, parse=_target)
-    seed: int = setting(0, "random seed: initial weights, data order, augmentation", low=0)
+    seed: int = setting(0, "random seed: initial weights, data order, augmentation", low=0,
+                        high=1_000_000)
     strategy: str = setting("auto", "auto: one device; mirrored: every local GPU (or "
                             "--replicas logical CPU devices); multiworker: the cluster "
                             "in TF_CONFIG", choices=("auto", "mirrored", "multiworker"))
@@ -193,6 +195,15 @@ class TrainConfig(_Settings):
                             "replica's share")
 
     def _check_together(self) -> None:
+        from .flops import davidnet_parameters
+
+        weights = 4 * 4 * davidnet_parameters(self.width)  # float32 weights, grads, slots
+        memory = physical_memory_bytes()
+        if memory and weights > memory:
+            raise ConfigError(f"invalid width={self.width}: its weights, gradients and "
+                              f"optimizer state alone need about {weights / 2**30:,.0f} GiB; "
+                              f"this machine has {memory / 2**30:.0f} GiB (64 is the "
+                              f"tutorial's width)")
         if self.recipe not in RECIPES and self.recipe != "custom":
             raise ConfigError(f"invalid recipe={self.recipe!r}: choose one of "
                               f"{', '.join(RECIPES)}")

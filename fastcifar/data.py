@@ -8,12 +8,15 @@ mistaken for another dataset's. Pure numpy here; TensorFlow only decodes image f
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
 import pickle
+import stat
 import tarfile
-import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import DataError
-from .util import atomic_path, content_hash
+from .util import atomic_path, content_hash, physical_memory_bytes, write_text
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -114,55 +117,139 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise DataError(f"missing CIFAR-10 batch file {path}: point --data at a complete "
-                        f"{ARCHIVE_NAME} or {BATCHES_DIR}/ folder")
+# An official batch is 31 MB and the whole archive 178 MB unpacked: far above either is
+# not CIFAR-10, and reading it would only fill the disk or the memory.
+MAX_MEMBER_BYTES = 64 << 20
+MAX_ARCHIVE_BYTES = 512 << 20
+
+
+def _parse_batch(blob: bytes, where: str, num_classes: int = 10) -> tuple:
+    """One pickled batch -> (images NHWC uint8, labels int64), every field checked."""
     try:
-        with open(path, "rb") as f:
-            d = _CifarUnpickler(f, encoding="bytes").load()
-        data = d[b"data"] if b"data" in d else d["data"]
-        labels = d[b"labels"] if b"labels" in d else d["labels"]
-        data = np.asarray(data)
-        labels = np.asarray(labels)
+        d = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DataError(f"unsafe or corrupt CIFAR-10 batch {path}: {e}; use the official "
+        raise DataError(f"unsafe or corrupt CIFAR-10 batch {where}: {e}; use the official "
                         f"{ARCHIVE_NAME}") from None
-    except Exception as e:  # truncated, wrong format, missing keys
-        raise DataError(f"corrupt CIFAR-10 batch {path} ({type(e).__name__}: {e}); "
-                        f"re-download {ARCHIVE_NAME}") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
-            or len(labels) != len(data):
-        raise DataError(f"corrupt CIFAR-10 batch {path}: expected uint8 (N, 3072) data and N "
-                        f"labels, got {data.dtype} {data.shape} and {len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    except Exception as e:  # truncated, not a pickle
+        raise DataError(f"corrupt CIFAR-10 batch {where} ({type(e).__name__}: "
+                        f"{_first_line(e)}); re-download {ARCHIVE_NAME}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"corrupt CIFAR-10 batch {where}: not a dict of data and labels")
+    data = d.get(b"data", d.get("data"))
+    labels = d.get(b"labels", d.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"corrupt CIFAR-10 batch {where}: expected uint8 (N, 3072) data, "
+                        f"got {got}")
+    if not isinstance(labels, (list, np.ndarray)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            and 0 <= v < num_classes for v in labels) or len(labels) != len(data):
+        raise DataError(f"corrupt CIFAR-10 batch {where}: labels must be a list of "
+                        f"{len(data)} integers in [0, {num_classes})")
+    return (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+            np.asarray([int(v) for v in labels], np.int64))
 
 
-def load_batches_dir(folder: Path, name: str = "cifar10") -> Dataset:
-    train = [_load_batch(folder / b) for b in TRAIN_BATCHES]
-    x_test, y_test = _load_batch(folder / TEST_BATCH)
-    return make_dataset(np.concatenate([x for x, _ in train]),
-                        np.concatenate([y for _, y in train]), x_test, y_test, name)
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
-def load_archive(path: Path, name: str = "cifar10") -> Dataset:
-    if not hasattr(tarfile, "data_filter"):
-        raise DataError("this Python lacks tarfile's safe extraction filter: use Python "
-                        ">= 3.10.12, or extract the archive yourself and pass the folder")
+def _read_regular(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit` of them; never opens a FIFO or a device."""
     try:
-        with tempfile.TemporaryDirectory(prefix="fastcifar-") as tmp, \
-                tarfile.open(path, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
-            found = [p for p in Path(tmp).rglob(BATCHES_DIR) if p.is_dir()]
-            if not found:
-                raise DataError(f"{path} holds no {BATCHES_DIR}/ folder: is it the CIFAR-10 "
-                                f"python archive?")
-            return load_batches_dir(found[0], name)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path} is not a regular file (a folder, FIFO or device): remove "
+                        f"or replace it")
+    if st.st_size > limit:
+        raise DataError(f"{path} is {st.st_size} bytes, above the {limit}-byte limit for "
+                        f"this kind of file: it is not what fastcifar expects")
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
+def load_batches_dir(folder: Path, name: Optional[str] = None) -> Dataset:
+    """The extracted archive. Its content cannot be checked against the official digest,
+    so it is not called `cifar10` (a `--target` must be declared to benchmark it)."""
+    parts = {}
+    for batch in TRAIN_BATCHES + (TEST_BATCH,):
+        path = folder / batch
+        if not path.exists() and not path.is_symlink():
+            raise DataError(f"missing CIFAR-10 batch file {path}: point --data at a complete "
+                            f"{ARCHIVE_NAME} or {BATCHES_DIR}/ folder")
+        parts[batch] = _parse_batch(_read_regular(path), str(path))
+    return _from_batches(parts, name or f"cifar10-format:{folder.resolve().name}")
+
+
+def _from_batches(parts: dict, name: str) -> Dataset:
+    train = [parts[b] for b in TRAIN_BATCHES]
+    return make_dataset(np.concatenate([x for x, _ in train]),
+                        np.concatenate([y for _, y in train]), *parts[TEST_BATCH], name)
+
+
+class _Counted(io.RawIOBase):
+    """A read-only stream that refuses to deliver more than `limit` bytes in all."""
+
+    def __init__(self, stream, limit: int, what: str):
+        self.stream, self.limit, self.what, self.count = stream, limit, what, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.stream.read(len(buffer))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise DataError(f"{self.what} unpacks to more than {self.limit} bytes: not the "
+                            f"CIFAR-10 python archive (a compression bomb?)")
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def load_archive(path: Path, name: Optional[str] = None) -> Dataset:
+    """The python archive, read as a stream: only the six batch members, each capped,
+    nothing written to disk; the gzip checksum is verified by reading to the end. Named
+    `cifar10` only when the file is the official one (its SHA-256)."""
+    wanted = set(TRAIN_BATCHES) | {TEST_BATCH}
+    parts = {}
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+            counted = io.BufferedReader(_Counted(stream, MAX_ARCHIVE_BYTES, str(path)))
+            with tarfile.open(fileobj=counted, mode="r|") as tar:
+                for member in tar:
+                    base = member.name.rsplit("/", 1)[-1]
+                    if base not in wanted or not member.isfile():
+                        continue  # never extracted: links, devices and paths stay inert
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise DataError(f"{base} in {path} is {member.size} bytes, above the "
+                                        f"{MAX_MEMBER_BYTES}-byte limit of a CIFAR-10 batch")
+                    parts[base] = _parse_batch(tar.extractfile(member).read(),
+                                               f"{base} in {path}")
+            while counted.read(1 << 20):  # to the end: gzip checks its CRC there
+                pass
     except DataError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"corrupt or truncated archive {path} ({type(e).__name__}: {e}); "
-                        f"re-download it or pass the extracted {BATCHES_DIR}/ folder") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
+        raise DataError(f"corrupt or truncated archive {path} ({type(e).__name__}: "
+                        f"{_first_line(e)}); re-download it or pass the extracted "
+                        f"{BATCHES_DIR}/ folder") from None
+    missing = sorted(wanted - set(parts))
+    if len(missing) == len(wanted):
+        raise DataError(f"{path} holds no {BATCHES_DIR}/ batches: is it the CIFAR-10 python "
+                        f"archive?")
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}: re-download {ARCHIVE_NAME}")
+    if name is None:
+        digest = _sha256_file(path)
+        name = "cifar10" if digest == CIFAR10_SHA256 else f"cifar10-format:{digest[:12]}"
+    return _from_batches(parts, name)
 
 
 def _sha256_file(path: Path) -> str:
@@ -173,17 +260,47 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def cached_digest(path: Path) -> str:
+    """SHA-256 of a file in the data cache, remembered beside it with its size and
+    modification time, so an unchanged file is not hashed again and a changed one is."""
+    st = os.stat(path)
+    stamp = Path(str(path) + ".sha256")
+    key = f"{st.st_size} {st.st_mtime_ns}"
+    try:
+        remembered_key, digest = stamp.read_text().rsplit(" ", 1)
+        if remembered_key == key and len(digest) == 64:
+            return digest
+    except (OSError, ValueError):
+        pass
+    digest = _sha256_file(path)
+    try:
+        write_text(str(stamp), f"{key} {digest}")
+    except OSError:
+        pass  # a read-only cache: hash again next time
+    return digest
+
+
+def cifar10_archive(quiet: bool = False) -> Path:
+    """The official archive in the cache, verified every time it is used (its digest is
+    remembered with its size and modification time); absent or damaged, it is fetched."""
+    expected = os.environ.get("FASTCIFAR_CIFAR10_SHA256", CIFAR10_SHA256).lower()
+    target = cache_dir() / ARCHIVE_NAME
+    if target.is_file():
+        if cached_digest(target) == expected:
+            return target
+        for stale in (target, Path(str(target) + ".sha256")):  # damaged: fetch again
+            if stale.exists():
+                stale.unlink()
+    return download_cifar10(quiet)
+
+
 def download_cifar10(quiet: bool = False) -> Path:
-    """The official archive in the cache, downloaded and checksum-verified if absent."""
+    """Download the archive into the cache, checksum-verified, written atomically."""
     url = os.environ.get("FASTCIFAR_CIFAR10_URL", CIFAR10_URL)
     expected = os.environ.get("FASTCIFAR_CIFAR10_SHA256", CIFAR10_SHA256).lower()
     target = cache_dir() / ARCHIVE_NAME
     hint = (f"download {ARCHIVE_NAME} yourself and pass --data PATH (or set FASTCIFAR_DATA "
             f"to a folder holding it, or FASTCIFAR_CIFAR10_URL to a mirror)")
-    if target.is_file():
-        if _sha256_file(target) == expected:
-            return target
-        target.unlink()  # a stale or damaged cached copy: fetch again
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -207,30 +324,68 @@ def download_cifar10(quiet: bool = False) -> Path:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"could not download CIFAR-10 from {url} ({type(e).__name__}: {e}); "
-                        f"{hint}") from None
+        raise DataError(f"could not download CIFAR-10 from {url} ({type(e).__name__}: "
+                        f"{_first_line(e)}); {hint}") from None
 
 
 # --- image-folder trees ----------------------------------------------------------------
 
 def _class_names(split_dir: Path) -> tuple:
-    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    names = sorted(p.name for p in split_dir.iterdir()
+                   if p.is_dir() and not p.name.startswith("."))  # .ipynb_checkpoints etc.
     if set(names) == set(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
+    if len(names) > len(CIFAR10_CLASSES):
+        raise DataError(f"{split_dir} has {len(names)} class folders ({', '.join(names[:12])}"
+                        f"{', ...' if len(names) > 12 else ''}); the net has 10 outputs: "
+                        f"keep 10 classes")
+    if not names:
+        raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/")
     return tuple(names)
 
 
 def _list_images(root: Path, classes: tuple) -> list:
+    present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if present != set(classes):
+        raise DataError(f"{root} has class folders {sorted(present)}, train/ has "
+                        f"{sorted(classes)}: train/ and test/ need the same classes")
     files = []
     for label, cls in enumerate(classes):
-        d = root / cls
-        if not d.is_dir():
-            raise DataError(f"missing class folder {d}: train/ and test/ need the same classes")
-        files += [(p, label) for p in sorted(d.iterdir())
-                  if p.suffix.lower() in IMAGE_SUFFIXES]
+        files += [(p, label) for p in sorted((root / cls).iterdir())
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if not files:
         raise DataError(f"no .png/.jpg images under {root}")
     return files
+
+
+MAX_IMAGE_FILE_BYTES = 1 << 20  # a 32x32 image is a few kB in any format
+
+
+def image_size(blob: bytes):
+    """(width, height) from a PNG, JPEG, GIF or BMP header, read before any decoding;
+    None when the header is not one of these."""
+    if blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) >= 24:
+        return int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
+    if blob[:6] in (b"GIF87a", b"GIF89a") and len(blob) >= 10:
+        return int.from_bytes(blob[6:8], "little"), int.from_bytes(blob[8:10], "little")
+    if blob[:2] == b"BM" and len(blob) >= 26:
+        return (int.from_bytes(blob[18:22], "little", signed=True),
+                abs(int.from_bytes(blob[22:26], "little", signed=True)))
+    if blob[:2] == b"\xff\xd8":  # JPEG: walk the segments to the frame header (SOFn)
+        i = 2
+        while i + 9 < len(blob):
+            if blob[i] != 0xFF:
+                return None
+            marker = blob[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = int.from_bytes(blob[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return (int.from_bytes(blob[i + 7:i + 9], "big"),
+                        int.from_bytes(blob[i + 5:i + 7], "big"))
+            i += 2 + length
+    return None
 
 
 def _decode_images(files: list) -> tuple[np.ndarray, np.ndarray]:
@@ -238,8 +393,16 @@ def _decode_images(files: list) -> tuple[np.ndarray, np.ndarray]:
 
     x = np.empty((len(files), 32, 32, 3), np.uint8)
     for i, (p, _) in enumerate(files):
+        blob = _read_regular(p, MAX_IMAGE_FILE_BYTES)
+        size = image_size(blob)
+        if size is None:
+            raise DataError(f"cannot decode image {p} (not a PNG, JPEG, GIF or BMP): replace "
+                            f"or remove the file")
+        if size != (32, 32):
+            raise DataError(f"image {p} is {size[0]}x{size[1]}, expected 32x32: resize the "
+                            f"tree to 32x32 first")
         try:
-            img = tf.io.decode_image(p.read_bytes(), channels=3, expand_animations=False).numpy()
+            img = tf.io.decode_image(blob, channels=3, expand_animations=False).numpy()
         except Exception as e:
             raise DataError(f"cannot decode image {p} ({type(e).__name__}): replace or remove "
                             f"the file") from None
@@ -262,7 +425,7 @@ def load_image_folder(root: Path, quiet: bool = True) -> Dataset:
     h = hashlib.sha256(repr(classes).encode())
     for p, label in train_files + test_files:
         h.update(f"{p.relative_to(root)}:{label}".encode())
-        h.update(p.read_bytes())
+        h.update(_read_regular(p, MAX_IMAGE_FILE_BYTES))
     key = h.hexdigest()
     cached = cache_dir() / "folders" / f"{key[:32]}.npz"
     name = f"folder:{root.name}"
@@ -316,29 +479,41 @@ def _parse_count(spec: str, default: int) -> int:
     _, _, n = spec.partition(":")
     if not n:
         return default
-    if not n.isdigit() or int(n) < 1:
+    if not (n.isascii() and n.isdigit()) or int(n) < 1:
         raise DataError(f"bad data spec {spec!r}: use {spec.split(':')[0]}:N with N >= 1 "
-                        f"training images")
+                        f"training images, in digits")
+    need = int(n) * 1.2 * 3072 * 3  # images, the test fifth, and working copies
+    have = physical_memory_bytes()
+    if have and need > have:
+        raise DataError(f"{spec} would need about {need / 2**30:,.0f} GiB of memory; this "
+                        f"machine has {have / 2**30:.0f} GiB: use fewer images")
     return int(n)
 
 
 def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:
     """One entry point: 'cifar10' (cached download), 'synthetic[:N]', 'learnable[:N]', or a
-    path to the archive, its extracted folder, or an image-folder tree."""
+    path to the archive, its extracted folder, or an image-folder tree. Only the official
+    archive (by its SHA-256) is named `cifar10`."""
     spec = str(spec)
     if spec == "cifar10":
-        local = cache_dir() / ARCHIVE_NAME
-        return load_archive(local if local.is_file() else download_cifar10(quiet=quiet))
+        archive = cifar10_archive(quiet=quiet)
+        digest = cached_digest(archive)
+        return load_archive(archive, "cifar10" if digest == CIFAR10_SHA256
+                            else f"cifar10-format:{digest[:12]}")
     if spec.split(":")[0] == "synthetic":
         return synthetic(_parse_count(spec, 50000))
     if spec.split(":")[0] == "learnable":
         return synthetic(_parse_count(spec, 5000), learnable=True)
+    if not spec:
+        raise DataError("empty data spec: pass 'cifar10', 'synthetic[:N]' or a path")
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"no such data path {path}: pass 'cifar10', 'synthetic[:N]', or a "
                         f"path to {ARCHIVE_NAME}, {BATCHES_DIR}/ or an image-folder tree")
     if path.is_file():
         return load_archive(path)
+    if not path.is_dir():
+        raise DataError(f"{path} is neither a file nor a folder: pass the archive or a folder")
     if (path / TEST_BATCH).exists() or (path / TRAIN_BATCHES[0]).exists():
         return load_batches_dir(path)
     if (path / BATCHES_DIR).is_dir():

@@ -62,7 +62,7 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
         ops = (None if devices[0].startswith("/GPU")
                else tf.distribute.ReductionToOneDevice(reduce_to_device="/CPU:0"))
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
-    parse_tf_config(os.environ.get("TF_CONFIG"))  # one-line errors; TensorFlow reads it too
+    peers = parse_tf_config(os.environ.get("TF_CONFIG"))  # one-line errors; TF reads it too
     if config.replicas > 1 and not tf.config.list_physical_devices("GPU"):
         raise ConfigError(f"invalid replicas={config.replicas}: a CPU-only worker runs one "
                           "replica under 'multiworker'; drop --replicas or use 'mirrored'")
@@ -70,7 +70,14 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
     # (TensorFlow's own heartbeats usually report it sooner).
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=float(runtime.peer_timeout))
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except (tf.errors.OpError, RuntimeError, ValueError) as e:
+        lines = str(getattr(e, "message", e)).strip().splitlines()
+        address = peers.workers[peers.rank]
+        raise ConfigError(f"cannot start this worker's server at {address} "
+                          f"({type(e).__name__}: {lines[0][:160] if lines else ''}); is the "
+                          f"port in use? Free it or change TF_CONFIG") from None
 
 
 class Placement:

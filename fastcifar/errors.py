@@ -17,3 +17,12 @@ class DataError(UserError, ValueError):
 
 class PeerError(UserError):
     """A multi-worker peer that never joined, stalled, or was lost mid-run."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss stopped being a finite number (a learning rate too high, ...).
+    `history` holds the epochs finished before it."""
+
+    def __init__(self, message: str, step: int = 0, history: list = ()):
+        super().__init__(message)
+        self.step, self.history = step, list(history)

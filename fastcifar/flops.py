@@ -44,3 +44,13 @@ def davidnet_forward_flops(width: int) -> int:
             + 2 * conv_flops(16, 16, 3, 2 * c, 2 * c) + conv_flops(16, 16, 3, 2 * c, 4 * c)
             + conv_flops(8, 8, 3, 4 * c, 8 * c) + 2 * conv_flops(4, 4, 3, 8 * c, 8 * c)
             + 2 * 8 * c * 10)
+
+
+def davidnet_parameters(width: int, num_classes: int = 10) -> int:
+    """Weights of DavidNet at `width` c, by hand: 3x3 convs 3->c, c->2c, two 2c->2c,
+    2c->4c, 4c->8c, two 8c->8c, the linear layer, and BatchNorm's two vectors per conv."""
+    c = width
+    convs = 9 * (3 * c + c * 2 * c + 2 * (2 * c) ** 2 + 2 * c * 4 * c + 4 * c * 8 * c
+                 + 2 * (8 * c) ** 2)
+    batchnorm = 2 * (c + 2 * c * 3 + 4 * c + 8 * c * 3)
+    return convs + batchnorm + 8 * c * num_classes

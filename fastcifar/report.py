@@ -13,11 +13,38 @@ from .errors import UserError
 from .util import atomic_path
 
 
-def _curves(result):
+def _curve(result) -> list:
     if result.get("history"):
-        return [[h["seconds"], h["test_acc"]] for h in result["history"]
+        return [[float(h["seconds"]), float(h["test_acc"])] for h in result["history"]
                 if h.get("test_acc") is not None]
-    return (result.get("metrics") or {}).get("curve") or []
+    return [[float(x), float(y)] for x, y in (result.get("metrics") or {}).get("curve") or []]
+
+
+def _step_rows(result) -> list:
+    if result.get("benchmark") != "step":
+        return []
+    rows = result.get("sweep") or [result["metrics"]]
+    return [{"batch_size": r.get("batch_size", ""),
+             **{k: float(r["step_ms"][k]) for k in ("median", "p10", "p90")}}
+            for r in rows if r.get("step_ms")]
+
+
+def _utilization(result):
+    u = (result.get("metrics") or {}).get("utilization")
+    if not u or u.get("median") is None:
+        return None
+    return {"median": float(u["median"]), "p10": float(u["p10"]), "p90": float(u["p90"]),
+            "metric": u.get("metric"), "source": u.get("source")}
+
+
+def _extract(path: str, result: dict) -> tuple:
+    """(curve, step rows, utilisation) of one result; a malformed one is one line."""
+    try:
+        return _curve(result), _step_rows(result), _utilization(result)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"cannot plot {path}: a field it needs is missing or not a number "
+                        f"({type(e).__name__}: {e}); pass results written by fastcifar") \
+            from None
 
 
 def render(results: list, path: str) -> None:
@@ -29,12 +56,10 @@ def render(results: list, path: str) -> None:
     except ImportError:
         raise UserError("fastcifar report needs matplotlib: pip install 'fastcifar[plot]'") \
             from None
-    curves = [(os.path.basename(p), _curves(r)) for p, r in results]
-    curves = [(n, c) for n, c in curves if c]
-    steps = [(os.path.basename(p), r) for p, r in results if r.get("benchmark") == "step"]
-    utils = [(os.path.basename(p), (r.get("metrics") or {}).get("utilization"))
-             for p, r in results]
-    utils = [(n, u) for n, u in utils if u and u.get("median") is not None]
+    extracted = [(os.path.basename(p), *_extract(p, r)) for p, r in results]
+    curves = [(name, c) for name, c, _, _ in extracted if c]
+    steps = [(name, rows) for name, _, rows, _ in extracted if rows]
+    utils = [(name, u) for name, _, _, u in extracted if u]
     panels = [x for x in (("curve", curves), ("steps", steps), ("util", utils)) if x[1]]
     if not panels:
         raise UserError("nothing to plot: the results hold no history, curve, step times "
@@ -48,16 +73,12 @@ def render(results: list, path: str) -> None:
             ax.set_ylabel("test accuracy (%)")
             ax.set_title("accuracy vs time")
         elif kind == "steps":
-            for i, (name, r) in enumerate(data):
-                for j, cfg in enumerate(r.get("sweep") or [r["metrics"]]):
-                    s = cfg.get("step_ms")
-                    if not s:
-                        continue
+            for i, (name, rows) in enumerate(data):
+                for j, s in enumerate(rows):
                     x = i * 10 + j
                     ax.errorbar([x], [s["median"]], yerr=[[s["median"] - s["p10"]],
                                                           [s["p90"] - s["median"]]],
-                                fmt="o", capsize=4,
-                                label=f"{name} b{cfg.get('batch_size', '')}")
+                                fmt="o", capsize=4, label=f"{name} b{s['batch_size']}")
             ax.set_ylabel("step time (ms): median, p10-p90")
             ax.set_xticks([])
             ax.set_title("step-time distribution")

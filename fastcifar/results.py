@@ -63,6 +63,7 @@ def build(command: str, config: dict, runtime: dict, environment: dict, dataset:
     }
     if history is not None:
         result["history"] = history
+    result["status"] = "ok"  # "failed" for a run that did not finish (with "error")
     result.update(extra)
     return _finite(result)
 
@@ -80,6 +81,8 @@ def _finite(obj):
 
 def check_writable(path: str, suffix: Optional[str] = None) -> None:
     """Fail before any work when an output cannot be written."""
+    if not str(path).strip():
+        raise UserError("empty output path: give a file name")
     if suffix and not str(path).endswith(suffix):
         raise UserError(f"invalid output path {path!r}: it must end in {suffix}")
     d = os.path.dirname(os.path.abspath(path))
@@ -90,6 +93,21 @@ def check_writable(path: str, suffix: Optional[str] = None) -> None:
                           f"path")
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"cannot write {path}: it exists and is not a regular file (a "
+                        f"device, FIFO or dangling link); choose another path")
+
+
+def check_folder(path: str) -> None:
+    """An output folder (a profile's): created if absent; an existing file is refused."""
+    if not str(path).strip():
+        raise UserError("empty folder path: give a folder name")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot write a profile into {path}: it is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create folder {path} ({e.strerror or e})") from None
 
 
 def write_json(path: str, obj: dict) -> None:

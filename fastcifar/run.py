@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from . import cluster, distribute, results
 from .config import RuntimeConfig, TrainConfig
+from .errors import TrainingDiverged, UserError
 
 TRAIN_TIMING = ("seconds: data preparation (statistics, padding, upload, whitening fit), "
                 "training, and every evaluation the run made (the final one included), as "
@@ -40,17 +41,19 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     if config.strategy == "multiworker":
         peers = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
         if cluster.is_supervised():
-            native_log = cluster.redirect_native_stderr(peers.rank)
+            native_log = cluster.redirect_native_stderr()
             progress = cluster.heartbeat
     chief = peers is None or peers.is_chief
     json_path = cluster.worker_path(json_path, peers)
     save_path = save_path if chief else None
-    if json_path:
+    if json_path is not None:
         results.check_writable(json_path)
-    if save_path:
+    if save_path is not None:
         results.check_writable(save_path, suffix=".keras")
-    if profile_dir:
-        os.makedirs(profile_dir, exist_ok=True)
+    if json_path and save_path and os.path.abspath(json_path) == os.path.abspath(save_path):
+        raise UserError(f"--json and --save both name {json_path}: give two files")
+    if profile_dir is not None:
+        results.check_folder(profile_dir)
 
     # before anything initialises TensorFlow (loading image folders decodes with it)
     strategy = distribute.make_strategy(config, runtime)
@@ -65,15 +68,17 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
         on_start(trainer, ds, peers)
     guard = (distribute.peer_errors(native_log) if trainer.distributed
              else contextlib.nullcontext())
-    with monitor_for(trainer.placement.devices) as monitor, guard:
-        res = trainer.fit(ds, quiet=quiet or not chief,
-                          on_epoch=on_epoch if chief else None, monitor=monitor,
-                          on_progress=progress)
+    try:
+        with monitor_for(trainer.placement.devices) as monitor, guard:
+            res = trainer.fit(ds, quiet=quiet or not chief,
+                              on_epoch=on_epoch if chief else None, monitor=monitor,
+                              on_progress=progress)
+    except TrainingDiverged as e:
+        if json_path:  # a record that it failed, which `compare` refuses to measure
+            _write_outputs(json_path, _failed(trainer, ds, e), None, None)
+        raise
     result = _result(trainer, res, ds, peers)
-    if json_path:
-        results.write_json(json_path, result)
-    if save_path:
-        trainer.save(save_path)
+    _write_outputs(json_path, result, save_path, trainer)
     if profile_dir:
         from .bench import profile_steps
 
@@ -82,6 +87,31 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
                       profile_dir)
     progress("done")
     return result
+
+
+def _write_outputs(json_path, result, save_path, trainer) -> None:
+    """The JSON first (small, and the record of the run), then the model. A failure after
+    a finished run is one line that says what was and was not written."""
+    written = []
+    for path, write in ((json_path, lambda: results.write_json(json_path, result)),
+                        (save_path, lambda: trainer.save(save_path))):
+        if not path:
+            continue
+        try:
+            write()
+        except OSError as e:
+            done = f"; {written[0]} was written" if written else ""
+            raise UserError(f"the run finished but {path} could not be written "
+                            f"({e.strerror or e}){done}") from None
+        written.append(path)
+
+
+def _failed(trainer, ds, error: TrainingDiverged) -> dict:
+    from .runtime import environment
+
+    return results.build("train", trainer.config.to_dict(), trainer.describe_runtime(),
+                         environment(), ds.identity(), {}, error.history, status="failed",
+                         error=str(error), failed_at_step=error.step, timing=TRAIN_TIMING)
 
 
 def _result(trainer, res, ds, peers) -> dict:
@@ -116,7 +146,7 @@ def evaluate_saved(path: str, data: str = "cifar10", batch_size: int = 1000) -> 
     import tensorflow as tf
 
     from . import data as data_mod
-    from . import model as _registers_layers  # noqa: F401
+    from . import model as _  # noqa: F401  (registers the saved layers)
     from .errors import UserError
     from .runtime import environment
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import dataclass
 
 from .config import RuntimeConfig
@@ -69,8 +70,11 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
     import tensorflow as tf
 
     config.validate()
-    gpus = tf.config.list_physical_devices("GPU")
     want = config.device
+    if want is not None and not re.fullmatch(r"/?(CPU|GPU):\d+|(CPU|GPU)", want.upper()):
+        raise ConfigError(f"invalid device={want!r}: use /CPU:0 or /GPU:N (or leave it to "
+                          f"auto)")
+    gpus = tf.config.list_physical_devices("GPU")
     use_gpu = bool(gpus) and (want is None or "GPU" in want.upper())
     if want is not None and "GPU" in want.upper() and not gpus:
         raise ConfigError(f"invalid device={want!r}: no GPU is visible to TensorFlow; "

@@ -31,7 +31,7 @@ import tensorflow as tf
 from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
 from .data import Dataset, channel_stats
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .model import davidnet, inference_model, standardize
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
@@ -320,18 +320,20 @@ class Trainer:
         return loss_sum, hits
 
     # --- evaluation --------------------------------------------------------------------
-    def _eval_loop(self, x, y, w, mean, std):
-        out = self.placement.run_and_sum(self._replica_eval, (x, y, w, mean, std))
+    def _eval_loop(self, x, y, w, mean, std, n_batches):
+        out = self.placement.run_and_sum(self._replica_eval,
+                                         (x, y, w, mean, std, n_batches))
         return out[0], out[1], out[2]
 
-    def _eval_shard(self, x, y, w, mean, std):
-        """Sums of loss, hits and weights over this replica's shard of the test set."""
+    def _eval_shard(self, x, y, w, mean, std, n_batches):
+        """Sums of loss, hits and weights over the first `n_batches` eval batches of this
+        replica's shard of the test set (all of them, except when compiling)."""
         eval_batch = self.runtime_config.eval_batch_size
         batches = x.shape[0] // eval_batch
         x = tf.reshape(x, [batches, eval_batch] + list(x.shape[1:]))
         y, w = tf.reshape(y, [batches, eval_batch]), tf.reshape(w, [batches, eval_batch])
         loss_sum, hits, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
-        for i in tf.range(batches):
+        for i in tf.range(n_batches):
             logits = self.tta_logits(self.normalise(x[i], mean, std))
             loss = tf.nn.sparse_softmax_cross_entropy_with_logits(y[i], logits)
             hit = tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y[i]), tf.float32)
@@ -411,7 +413,9 @@ class Trainer:
         t0 = time.perf_counter()
         out = self._train_fn(dummy.x_train, dummy.y_train, dummy.mean, dummy.std,
                              tf.constant(1, tf.int32))
-        ev = self._eval_fn(dummy.x_test, dummy.y_test, dummy.w_test, dummy.mean, dummy.std)
+        # one eval batch: the trip count is an argument, so this compiles the whole loop
+        ev = self._eval_fn(dummy.x_test, dummy.y_test, dummy.w_test, dummy.mean, dummy.std,
+                           tf.constant(1, tf.int32))
         float(out[0].numpy()) + float(ev[0].numpy())
         return time.perf_counter() - t0
 
@@ -454,8 +458,11 @@ class Trainer:
     def evaluate_prepared(self, data: DeviceData) -> dict:
         """Over every test image once; with `ema`, using the averaged weights."""
         with self.evaluated_weights():
+            batches = self.placement.copies(data.x_test)[0].shape[0] \
+                // self.runtime_config.eval_batch_size
             loss, hits, count = (t.numpy() for t in self._eval_fn(
-                data.x_test, data.y_test, data.w_test, data.mean, data.std))
+                data.x_test, data.y_test, data.w_test, data.mean, data.std,
+                tf.constant(batches, tf.int32)))
         return {"test_loss": float(loss / count), "test_acc": float(hits / count),
                 "count": int(count)}
 
@@ -492,7 +499,7 @@ class Trainer:
                       else contextlib.nullcontext())
             with window as w:
                 loss_sum, hits, seconds = self._train_epoch(data, f"epoch {epoch}/{epochs}",
-                                                            quiet, progress)
+                                                            quiet, progress, result.history)
             windows += [w] if w is not None else []
             elapsed += seconds
             train_only += seconds
@@ -524,8 +531,11 @@ class Trainer:
         result.images_per_sec = epochs * images / train_only if train_only else 0.0
         return result
 
-    def _train_epoch(self, data: DeviceData, label: str, quiet: bool, progress):
-        """One epoch of compiled calls; returns (summed loss, hits, seconds)."""
+    def _train_epoch(self, data: DeviceData, label: str, quiet: bool, progress,
+                     history: list = ()):
+        """One epoch of compiled calls; returns (summed loss, hits, seconds). A loss that
+        is not finite (read from the fetch every call makes anyway) stops the run: float16
+        loss-scale skips keep the loss finite, so they never trigger this."""
         from tqdm import tqdm
 
         steps_per_epoch = self.steps_per_epoch(data.n_train)
@@ -539,7 +549,14 @@ class Trainer:
             while done < steps_per_epoch:
                 n = min(steps_per_call, steps_per_epoch - done)
                 call_loss, call_hits = self.train_steps(data, n)
-                loss_sum += float(call_loss.numpy())
+                loss = float(call_loss.numpy())
+                if not np.isfinite(loss):
+                    step = int(self.step.numpy())
+                    raise TrainingDiverged(
+                        f"training diverged: the loss is {loss} in the {n} steps up to "
+                        f"step {step} (lr peak {self.config.lr_peak}); lower --lr-peak or "
+                        f"--weight-decay", step, history)
+                loss_sum += loss
                 hits += float(call_hits.numpy())
                 done += n
                 bar.update(n)

@@ -71,13 +71,27 @@ def summarize(values: Iterable[float]) -> Optional[dict]:
 
 
 def parse_fraction(text: str, what: str = "value") -> float:
-    """'10%' or '0.1' -> 0.1; a bare number above 1 is read as a percentage."""
+    """'10%' or '0.1' -> 0.1. A bare number above 1 is refused: 1.5 could mean 1.5% or a
+    mistake for 0.15, and a silent guess would mislabel a result."""
+    text = str(text).strip()
+    hint = "use a fraction like 0.93 or a percentage like 93%"
     try:
-        value = float(str(text).rstrip("%"))
+        value = float(text[:-1] if text.endswith("%") else text)
     except ValueError:
-        raise UserError(f"invalid {what} {text!r}: use a fraction like 0.1 or a "
-                        f"percentage like 10%") from None
-    return value / 100 if str(text).endswith("%") or value > 1 else value
+        raise UserError(f"invalid {what} {text!r}: {hint}") from None
+    if text.endswith("%"):
+        return value / 100
+    if value > 1:
+        raise UserError(f"invalid {what} {text!r}: above 1; {hint}")
+    return value
+
+
+def physical_memory_bytes() -> Optional[int]:
+    """This machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def cpu_info() -> dict:
