@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from . import results
 from .config import FAST_TECHNIQUES, RuntimeConfig, TrainConfig
 from .errors import ConfigError
-from .util import summarize
+from .util import peak_rss_bytes, summarize
 
 
 def _quiet(*_args) -> None:
@@ -180,6 +180,7 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         "fraction_of_peak": fraction if fraction <= 1 else None,
         "peak": {k: peak[k] for k in ("dtype", "batch", "best")},
         "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
+        "host_peak_rss_bytes": peak_rss_bytes(),
         "runtime": trainer.describe_runtime(),
     }
     if fraction > 1:
@@ -212,16 +213,21 @@ def tutorial_speedup(config: TrainConfig, runtime: RuntimeConfig, data: str, ste
             fast_ips.append(a)
             tutorial_ips.append(b)
             ratios.append(a / b)
+        tutorial_memory = tutorial.peak_rss_bytes()
     speedup = summarize(ratios)
     return {"speedup_vs_tutorial": speedup, "speedup_vs_seed": speedup,
             "tutorial_images_per_sec": summarize(tutorial_ips),
-            "fast_images_per_sec": summarize(fast_ips)}
+            "fast_images_per_sec": summarize(fast_ips),
+            "tutorial_peak_rss_bytes": tutorial_memory}
 
 
 def profile_steps(call: Callable[[], float], logdir: str, calls: int = 2) -> None:
     """A TensorFlow profiler trace of steady-state calls (view with TensorBoard)."""
+    import os
+
     import tensorflow as tf
 
+    os.makedirs(logdir, exist_ok=True)
     tf.profiler.experimental.start(logdir)
     try:
         for _ in range(calls):
@@ -274,7 +280,8 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
     metrics = {k: head[k] for k in ("images_per_sec", "images_per_sec_spread", "step_ms",
                                     "compile_seconds", "flops_per_image",
                                     "achieved_flops_per_sec", "peak_flops_per_sec",
-                                    "fraction_of_peak", "peak_memory_bytes")}
+                                    "fraction_of_peak", "peak_memory_bytes",
+                                    "host_peak_rss_bytes")}
     if "peak_error" in head:
         metrics["peak_error"] = head["peak_error"]
     metrics["utilization"] = head.get("utilization")

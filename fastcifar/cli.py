@@ -34,14 +34,16 @@ def _batch_sizes(text: str) -> tuple:
     return sizes
 
 
-def _add_settings(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per declared setting of TrainConfig and RuntimeConfig; a flag left out
-    keeps the recipe's (or the runtime's default) value."""
+def _add_settings(parser: argparse.ArgumentParser, skip=(), classes=None) -> None:
+    """One flag per declared setting of TrainConfig and RuntimeConfig (or `classes`); a
+    flag left out keeps the recipe's (or the runtime's default) value."""
     from .config import RECIPES, RuntimeConfig, TrainConfig, settings
 
-    parser.add_argument("--recipe", help=f"{', '.join(RECIPES)} (the flags below override "
-                        "it)")
-    for cls in (TrainConfig, RuntimeConfig):
+    if classes is None:
+        classes = (TrainConfig, RuntimeConfig)
+        parser.add_argument("--recipe", help=f"{', '.join(RECIPES)} (the flags below "
+                            "override it)")
+    for cls in classes:
         group = parser.add_argument_group(f"{cls.__name__} settings")
         for s in settings(cls):  # s: one declared setting
             if not s.flag or s.name in skip:
@@ -169,7 +171,7 @@ def cmd_train(args) -> int:
     import_tensorflow_quietly()
     from .run import run_training
 
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     def on_start(trainer, ds, peers):
         resolved = trainer.runtime
@@ -336,7 +338,14 @@ def _on_sigterm(signum, frame):
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and (len(argv) == 1 or (argv[1].startswith("-")
                                                      and argv[1] not in ("-h", "--help"))):

@@ -192,6 +192,7 @@ def supervise(argv: list, cluster: Cluster, timeout: float, grace: float = 30.0)
         return code
     except KeyboardInterrupt:
         _kill(proc)
+        code = 0  # interrupted on purpose: nothing to diagnose, so no log to keep
         raise
     finally:
         os.close(read_fd)

@@ -66,8 +66,9 @@ class Setting:
         noun = "an integer" if self.type is int else "a number"
         lo, hi = self.low, self.high
         if lo is not None and hi is not None:
-            return (f"{'(' if self.low_open else '['}{lo}, {hi}"
+            span = (f"{'(' if self.low_open else '['}{lo}, {hi}"
                     f"{')' if self.high_open else ']'}")
+            return f"an integer in {span}" if self.type is int else f"in {span}"
         if lo is not None:
             return f"{noun} {'>' if self.low_open else '>='} {lo}"
         if hi is not None:
@@ -96,8 +97,7 @@ class Setting:
         too_high = self.high is not None and (value >= self.high if self.high_open
                                               else value > self.high)
         if too_low or too_high:
-            return f"must be {self.allowed()}" if integer or self.high is None \
-                else f"must be in {self.allowed()}"
+            return f"must be {self.allowed()}"
         return None
 
 
@@ -237,6 +237,14 @@ class RuntimeConfig(_Settings):
     peer_timeout: float = setting(120.0, "multiworker: seconds to wait for every worker to "
                                   "join, and for any step to make progress",
                                   low=0, low_open=True)
+
+    def _check_together(self) -> None:
+        import re
+
+        if self.device is not None and not re.fullmatch(r"/?(CPU|GPU)(:\d+)?",
+                                                        self.device.upper()):
+            raise ConfigError(f"invalid device={self.device!r}: use /CPU:0 or /GPU:N (or "
+                              f"leave it to auto)")
 
 
 RECIPES: Mapping[str, Mapping[str, Any]] = {

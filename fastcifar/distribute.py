@@ -77,7 +77,8 @@ def make_strategy(config: TrainConfig, runtime: RuntimeConfig) -> tf.distribute.
         address = peers.workers[peers.rank]
         raise ConfigError(f"cannot start this worker's server at {address} "
                           f"({type(e).__name__}: {lines[0][:160] if lines else ''}); is the "
-                          f"port in use? Free it or change TF_CONFIG") from None
+                          f"port in use, or the address not this host's? Fix TF_CONFIG") \
+            from None
 
 
 class Placement:

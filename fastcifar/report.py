@@ -48,6 +48,7 @@ def _extract(path: str, result: dict) -> tuple:
 
 
 def render(results: list, path: str) -> None:
+    extracted = [(os.path.basename(p), *_extract(p, r)) for p, r in results]
     try:
         import matplotlib
 
@@ -56,7 +57,6 @@ def render(results: list, path: str) -> None:
     except ImportError:
         raise UserError("fastcifar report needs matplotlib: pip install 'fastcifar[plot]'") \
             from None
-    extracted = [(os.path.basename(p), *_extract(p, r)) for p, r in results]
     curves = [(name, c) for name, c, _, _ in extracted if c]
     steps = [(name, rows) for name, _, rows, _ in extracted if rows]
     utils = [(name, u) for name, _, _, u in extracted if u]

@@ -44,6 +44,10 @@ METRIC_INFO = {
     "load_seconds": ("s", "lower"),
     "utilization": ("% (kernel-busy on GPU, share of all cores on CPU)", "higher"),
     "weights_checksum": ("sha256 prefix of the final float32 weights", "none"),
+    "host_peak_rss_bytes": ("bytes (peak resident memory of the process)", "lower"),
+    "tutorial_peak_rss_bytes": ("bytes (peak resident memory of the tutorial's process)",
+                                "none"),
+    "eval_seconds": ("s", "lower"),
 }
 
 
@@ -85,6 +89,9 @@ def check_writable(path: str, suffix: Optional[str] = None) -> None:
         raise UserError("empty output path: give a file name")
     if suffix and not str(path).endswith(suffix):
         raise UserError(f"invalid output path {path!r}: it must end in {suffix}")
+    if os.path.lexists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it exists and is not a regular file (a "
+                        f"device, FIFO or dangling link); choose another path")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise UserError(f"cannot write {path}: folder {d} does not exist; create it first")
@@ -93,21 +100,20 @@ def check_writable(path: str, suffix: Optional[str] = None) -> None:
                           f"path")
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name")
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise UserError(f"cannot write {path}: it exists and is not a regular file (a "
-                        f"device, FIFO or dangling link); choose another path")
 
 
 def check_folder(path: str) -> None:
-    """An output folder (a profile's): created if absent; an existing file is refused."""
+    """An output folder (a profile's), checked before any work and created only when it
+    is written to: an existing file is refused, and so is a parent that is not a folder."""
     if not str(path).strip():
         raise UserError("empty folder path: give a folder name")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise UserError(f"cannot write a profile into {path}: it is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create folder {path} ({e.strerror or e})") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot create folder {path}: {parent} is not a folder")
 
 
 def write_json(path: str, obj: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from dataclasses import dataclass
 
 from .config import RuntimeConfig
@@ -71,9 +70,6 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
 
     config.validate()
     want = config.device
-    if want is not None and not re.fullmatch(r"/?(CPU|GPU):\d+|(CPU|GPU)", want.upper()):
-        raise ConfigError(f"invalid device={want!r}: use /CPU:0 or /GPU:N (or leave it to "
-                          f"auto)")
     gpus = tf.config.list_physical_devices("GPU")
     use_gpu = bool(gpus) and (want is None or "GPU" in want.upper())
     if want is not None and "GPU" in want.upper() and not gpus:

@@ -111,3 +111,15 @@ def cpu_info() -> dict:
     except OSError:
         pass
     return {"model": model or platform.processor() or platform.machine(), "flags": flags}
+
+
+def peak_rss_bytes(pid="self") -> Optional[int]:
+    """A process' peak resident memory (Linux /proc VmHWM), or None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

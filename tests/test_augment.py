@@ -1,7 +1,6 @@
 """Per-image crop, flip and cutout, and the epoch table keyed by example index."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from fastcifar import augment

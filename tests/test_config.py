@@ -20,6 +20,34 @@ def _parse(*argv):
     return cli._configs(args)
 
 
+def _other_value(s):
+    """A valid value other than the default, and how it is written on the command line."""
+    if s.type is bool:
+        return (not s.default), [s.flag_name if not s.default else f"--no-{s.flag_name[2:]}"]
+    if s.choices:
+        value = next(c for c in s.choices if c != s.default)
+    elif s.name == "device":
+        value = "/CPU:0"
+    elif s.name == "target":
+        return 0.5, [s.flag_name, "50%"]
+    elif s.type is int:
+        value = (s.default or 0) + 1
+    else:
+        value = (s.default or 1.0) / 2
+    return value, [s.flag_name, str(value)]
+
+
+def test_each_setting_round_trips_through_its_flag():
+    for cls in (TrainConfig, RuntimeConfig):
+        for s in settings(cls):
+            if not s.flag:
+                continue
+            value, argv = _other_value(s)
+            cfg, rt = _parse("train", *argv)
+            got = getattr(cfg if cls is TrainConfig else rt, s.name)
+            assert got == value and got != s.default, (s.name, got, value)
+
+
 def test_every_setting_has_a_working_flag():
     cfg, rt = _parse("train", "--recipe", "fast", "--peak-fraction", "0.3", "--no-flip",
                      "--no-alternating-flip", "--crop-padding", "2", "--momentum", "0.85",
@@ -71,10 +99,7 @@ def test_a_new_setting_gets_a_flag_without_touching_the_cli():
     import argparse
 
     parser = argparse.ArgumentParser()
-    for s in settings(Toy):
-        kw = {"action": argparse.BooleanOptionalAction} if s.type is bool else \
-            {"type": s.parse or s.type, "choices": s.choices or None}
-        parser.add_argument(s.flag_name, dest=s.name, default=argparse.SUPPRESS, **kw)
+    cli._add_settings(parser, classes=(Toy,))  # the CLI's own flag builder
     got = vars(parser.parse_args(["--count", "4", "--mode", "b", "--limit", "1.5"]))
     assert Toy(**got).validate() == Toy(count=4, mode="b", limit=1.5)
 

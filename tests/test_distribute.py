@@ -236,8 +236,8 @@ TRAIN = ["train", "--data", "learnable:1024", "--width", "8", "--batch-size", "2
          "--precision", "float32", "--quiet"]
 
 
-def _start(args, tf_config, **kw):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
+def _start(args, tf_config, extra_env=None, **kw):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config, **(extra_env or {}))
     return subprocess.Popen([sys.executable, "-m", "fastcifar.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **kw)
@@ -279,14 +279,17 @@ def _running_with(marker: str) -> list:
 def test_two_worker_processes_finish_with_the_same_weights(tmp_path):
     ports = cluster.free_local_addresses(2)
     args = TRAIN + ["--epochs", "2", "--strategy", "multiworker", "--peer-timeout", "90"]
-    procs = [_start(args + ["--json", str(tmp_path / "r.json")], cluster.tf_config(ports, i))
-             for i in range(2)]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    procs = [_start(args + ["--json", str(tmp_path / "r.json")], cluster.tf_config(ports, i),
+                    {"TMPDIR": str(tmp)}) for i in range(2)]
     try:
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
         _reap(procs)
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    assert list(tmp.iterdir()) == []  # the workers' TensorFlow logs went with them
     chief = json.loads((tmp_path / "r.json").read_text())
     other = json.loads((tmp_path / "r.worker1.json").read_text())
     assert chief["runtime"]["replicas"] == 2 and chief["runtime"]["strategy"] == "multiworker"
@@ -301,8 +304,10 @@ def test_unreachable_peer_is_an_error_within_the_timeout(tmp_path):
     ports = cluster.free_local_addresses(2)  # nobody will listen on the second
     marker = str(tmp_path / "never.json")
     t0 = time.monotonic()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     p = _start(TRAIN + ["--strategy", "multiworker", "--peer-timeout", "8", "--json", marker],
-               cluster.tf_config(ports, 0))
+               cluster.tf_config(ports, 0), {"TMPDIR": str(tmp)})
     try:
         out, err = p.communicate(timeout=120)
     finally:
@@ -314,6 +319,10 @@ def test_unreachable_peer_is_an_error_within_the_timeout(tmp_path):
                                                    "timed out"), err[-2000:]
     assert ports[1] in lines[0] and "Traceback" not in err
     assert elapsed < 60
+    # the worker's TensorFlow log is kept for the failure, named, in a private folder
+    log = lines[0].split("TensorFlow's log: ")[1].rstrip(")")
+    assert os.path.isfile(log) and os.path.dirname(os.path.dirname(log)) == str(tmp)
+    assert os.stat(os.path.dirname(log)).st_mode & 0o777 == 0o700
     assert not os.path.exists(marker)
     assert _running_with(marker) == []  # the stuck worker was killed, not left behind
 

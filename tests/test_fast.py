@@ -90,6 +90,30 @@ def test_whitening_is_fitted_on_a_random_sample_not_the_first_images():
     counts = np.bincount(sorted_labels[sample], minlength=10)
     assert counts.min() >= 20 and counts.max() <= 60, counts  # ~40 per class, not 10 classes x 0
     np.testing.assert_array_equal(sample, tr.whitening_sample(n, take).numpy())
+    # and fit_whitening uses that sample: whitened on a class-sorted set, the layer is white
+    # on the sample's patches, not on the first `take` images' (two classes only)
+    from fastcifar.data import make_dataset
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(10), n // 10)
+    tint = rng.uniform(0, 255, (10, 3))[labels][:, None, None, :]
+    images = np.clip(tint + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    ds = make_dataset(images, labels, images[:10], labels[:10], "sorted")
+    dd = tr.prepare(ds)
+    tr.fit_whitening(dd, n_images=take)
+    kernel = tr.model.get_layer("whiten").kernel.numpy().reshape(27, 27)
+    x = (images - ds.x_train.reshape(-1, 3).mean(0)) / ds.x_train.reshape(-1, 3).std(0)
+
+    def whiteness(subset):
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        p = sliding_window_view(x[subset], (3, 3), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        cov = np.cov(p.reshape(-1, 27).T, bias=True)
+        lam = np.linalg.eigvalsh(cov)
+        return np.abs(kernel.T @ cov @ kernel - np.diag(lam / (lam + 1e-2))).max()
+
+    assert whiteness(sample) < 0.02
+    assert whiteness(np.arange(take)) > 0.2  # the first `take` images would differ
     other = Trainer(recipe("fast", width=4, batch_size=32, seed=1),
                     RuntimeConfig(precision="float32")).whitening_sample(n, take).numpy()
     assert len(set(sample.tolist()) & set(other.tolist())) < take // 2

@@ -182,14 +182,25 @@ def test_a_call_started_mid_epoch_trains_on_what_a_run_from_step_0_would(data):
         np.testing.assert_allclose(x, want_x, rtol=0, atol=0)
 
 
-def test_the_clock_includes_every_evaluation_and_eval_every_skips_some(data):
+def test_the_clock_includes_every_evaluation_and_eval_every_skips_some(data, monkeypatch):
+    import time
+
     tr = Trainer(recipe("davidnet", width=WIDTH, batch_size=BATCH, epochs=3, target=0.05),
                  RuntimeConfig(precision="float32", steps_per_call=4, eval_batch_size=64,
                                eval_every=2))
+    real = tr.evaluate_prepared
+
+    def slow_evaluation(dd):  # an evaluation that takes at least 0.3 s
+        time.sleep(0.3)
+        return real(dd)
+
+    monkeypatch.setattr(tr, "evaluate_prepared", slow_evaluation)
     res = tr.fit(data)
     rows = res.history
     assert [r["test_acc"] is not None for r in rows] == [False, True, True]  # 2, and last
-    assert rows[0]["eval_seconds"] == 0 and rows[1]["eval_seconds"] > 0
+    assert rows[0]["eval_seconds"] == 0
+    assert rows[1]["eval_seconds"] >= 0.3 and rows[2]["eval_seconds"] >= 0.3
+    assert rows[1]["seconds"] - rows[0]["seconds"] >= rows[1]["epoch_seconds"] + 0.3
     clock = res.prep_seconds
     for r in rows:
         clock += r["epoch_seconds"] + r["eval_seconds"]

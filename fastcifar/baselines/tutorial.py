@@ -166,6 +166,12 @@ class TutorialProcess:
             raise RuntimeError(f"the tutorial's process failed: {value}")
         return value
 
+    def peak_rss_bytes(self):
+        """The tutorial process' peak resident memory so far (Linux), or None."""
+        from ..util import peak_rss_bytes
+
+        return peak_rss_bytes(self._proc.pid)
+
     def close(self) -> None:
         try:
             self._conn.send(None)
