@@ -109,18 +109,23 @@ def augment(x_padded, rows, normalise, pad: int, do_flip: bool, cutout_size: int
     return x
 
 
-TTA_VIEWS = {"none": 1, "flip": 2, "flip_translate": 6}
+# Each view's weight in the test-time average, as airbench94 weights them: the image and
+# its mirror half; the two one-pixel translations (each with its mirror) the other half.
+TTA_WEIGHTS = {"none": (1.0,), "flip": (0.5, 0.5),
+               "flip_translate": (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
 
 
 def tta_views(x, mode: str) -> list:
-    """Test-time views of a batch: the images; + their mirrors (`flip`); + both shifted one
-    pixel up-left and down-right with reflect padding (`flip_translate`, 6 views)."""
+    """Test-time views of a batch, in the order of `TTA_WEIGHTS[mode]`: the images, their
+    mirrors (`flip`), then (`flip_translate`) the images shifted one pixel up-left (reflect
+    padding), their mirrors, shifted down-right, their mirrors."""
     if mode == "none":
         return [x]
-    views = [x, tf.reverse(x, axis=[2])]
+    mirror = lambda v: tf.reverse(v, axis=[2])
+    views = [x, mirror(x)]
     if mode == "flip_translate":
         padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
         h, w = x.shape[1], x.shape[2]
-        for src in (padded, tf.reverse(padded, axis=[2])):
-            views += [src[:, 0:h, 0:w], src[:, 2:h + 2, 2:w + 2]]
+        for shifted in (padded[:, 0:h, 0:w], padded[:, 2:h + 2, 2:w + 2]):
+            views += [shifted, mirror(shifted)]
     return views

@@ -162,31 +162,139 @@ def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
     return keras.Model(inp, out, name=f"davidnet_c{width}")
 
 
+@keras.saving.register_keras_serializable(package="fastcifar")
+class DiracUniform(keras.initializers.Initializer):
+    """airbench's conv init: PyTorch's uniform(+-1/sqrt(fan_in)), then the first `cin`
+    output filters set to the identity (a Dirac delta at the centre tap), so at the start
+    each block passes its input channels through."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        import numpy as np
+        import tensorflow as tf
+
+        kh, kw, cin, cout = shape
+        uniform = torch_uniform(self.seed)(shape, dtype="float32")
+        n = min(cin, cout)
+        identity = np.zeros(shape, np.float32)
+        identity[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+        first = np.zeros(shape, bool)
+        first[..., :n] = True
+        return tf.cast(tf.where(first, identity, uniform), dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class Bias(layers.Layer):
+    """A trainable per-channel bias on its own, so the whitening conv's kernel can stay
+    frozen while its bias trains (airbench94 trains it for the first 3 epochs)."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros",
+                                    name="bias")
+
+    def call(self, x):
+        return x + self.bias
+
+
+def airbench94(width: int = 64, dropout: float = 0.0, precision: str = "float32",
+               seed: int = 0, num_classes: int = 10, image_size: int = 32,
+               activation: str = "gelu", frozen_bn_scale: bool = True,
+               whiten: bool = True, sync_bn: bool = False) -> keras.Model:
+    """airbench94's net (Keller Jordan): a 2x2 whitening conv with 24 outputs and a bias,
+    GELU, three groups conv-pool-BN-act-conv-BN-act of widths c, 4c, 4c (64/256/256),
+    Dirac-initialised convs, BatchNorm eps 1e-12 with running-statistics momentum 0.6,
+    a 3x3 max-pool, a linear layer without bias, logits x 1/9. Without `whiten` the first
+    conv is an ordinary trainable one."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    dtype = keras.DTypePolicy(precision)
+    seeds = iter(range(seed * 1000, seed * 1000 + 1000))
+    act = lambda x, name: (layers.ReLU(dtype=dtype, name=name)(x) if activation == "relu"
+                           else layers.Activation(activation, dtype=dtype, name=name)(x))
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Conv2D(AIRBENCH_WHITEN_CHANNELS, 2, padding="valid", use_bias=not whiten,
+                      trainable=not whiten, kernel_initializer=torch_uniform(next(seeds)),
+                      dtype=dtype, name="whiten")(inp)
+    if whiten:
+        x = Bias(dtype=dtype, name="whiten_bias")(x)
+    x = act(x, "whiten_act")
+
+    def bn(x, name):
+        return BatchNorm(momentum=0.6, epsilon=1e-12, scale=not frozen_bn_scale, dtype=dtype,
+                         synchronized=sync_bn, name=name)(x)
+
+    for i, filters in enumerate((width, 4 * width, 4 * width), start=1):
+        name = f"group{i}"
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                          kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
+                          name=f"{name}_conv1")(x)
+        x = layers.MaxPooling2D(2, dtype=dtype, name=f"{name}_pool")(x)
+        x = act(bn(x, f"{name}_bn1"), f"{name}_act1")
+        if dropout:
+            x = layers.Dropout(dropout, seed=next(seeds), dtype=dtype, name=f"{name}_drop")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                          kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
+                          name=f"{name}_conv2")(x)
+        x = act(bn(x, f"{name}_bn2"), f"{name}_act2")
+    x = layers.MaxPooling2D(3, dtype=dtype, name="pool")(x)
+    x = layers.Flatten(dtype=dtype, name="flatten")(x)
+    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=torch_uniform(next(seeds)),
+                     dtype=dtype, name="linear")(x)
+    out = layers.Rescaling(1 / 9, dtype="float32", name="logits")(x)
+    return keras.Model(inp, out, name=f"airbench94_c{width}")
+
+
+AIRBENCH_WHITEN_CHANNELS = 24  # 2x2 patches of 3 channels: 12 eigenvectors and negatives
+
+# net -> (builder, whitening: images fitted on, eps)
+NETS = {"davidnet": (davidnet, 10000, 1e-2), "airbench94": (airbench94, 5000, 5e-4)}
+
+
+def build(config, precision: str) -> keras.Model:
+    """The network a TrainConfig names, in the precision policy given."""
+    builder = NETS[config.net][0]
+    return builder(config.width, config.dropout, precision, config.seed,
+                   activation=config.activation, frozen_bn_scale=config.frozen_bn_scale,
+                   whiten=config.whiten, sync_bn=config.sync_bn)
+
+
 def fit_whitening(model: keras.Model, images, eps: float = 1e-2) -> None:
-    """Set the frozen `whiten` conv to PCA whitening of the 3x3 patches of `images`
-    (normalised, NHWC, on the device): W = V diag(1/sqrt(lambda + eps)). Its outputs then
-    have (near) identity covariance on those patches."""
+    """Set the frozen `whiten` conv from the patches of `images` (normalised, NHWC, on the
+    device): W = V diag(1/sqrt(lambda + eps)) over the eigenvectors V of their covariance.
+    A kernel with k*k*3 outputs (davidnet, 3x3) takes the centred covariance; one with
+    twice that (airbench94, 2x2) takes the uncentred one and both W and -W, largest
+    eigenvalue first, as airbench does."""
     import tensorflow as tf
 
-    patches = whitening_patches(images)
-    mean = tf.reduce_mean(patches, axis=0)
-    centered = patches - mean
-    cov = tf.matmul(centered, centered, transpose_a=True) / tf.cast(tf.shape(patches)[0],
-                                                                     tf.float32)
+    layer = model.get_layer("whiten")
+    k, outputs = layer.kernel.shape[0], layer.kernel.shape[-1]
+    size = k * k * 3
+    patches = whitening_patches(images, k)
+    if outputs == size:
+        patches = patches - tf.reduce_mean(patches, axis=0)
+    cov = tf.matmul(patches, patches, transpose_a=True) / tf.cast(tf.shape(patches)[0],
+                                                                   tf.float32)
     eigval, eigvec = tf.linalg.eigh(tf.cast(cov, tf.float64))
     w = eigvec / tf.sqrt(eigval + eps)[None, :]
-    kernel = tf.reshape(tf.cast(w, tf.float32), [3, 3, 3, WHITEN_CHANNELS])
-    model.get_layer("whiten").kernel.assign(kernel)
+    if outputs == 2 * size:
+        w = tf.reverse(w, axis=[1])  # largest eigenvalue first
+        w = tf.concat([w, -w], axis=1)
+    layer.kernel.assign(tf.reshape(tf.cast(w, tf.float32), [k, k, 3, outputs]))
 
 
-def whitening_patches(images):
-    """[N*30*30, 27] float32: every valid 3x3 patch, ordered (row, col, channel) to match
-    a conv kernel's [kh, kw, cin] layout."""
+def whitening_patches(images, k: int = 3):
+    """[N*(32-k+1)^2, k*k*3] float32: every valid k x k patch, ordered (row, col,
+    channel) to match a conv kernel's [kh, kw, cin] layout."""
     import tensorflow as tf
 
     x = tf.cast(images, tf.float32)
-    p = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")
-    return tf.reshape(p, [-1, WHITEN_CHANNELS])
+    p = tf.image.extract_patches(x, [1, k, k, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")
+    return tf.reshape(p, [-1, k * k * 3])
 
 
 def standardize(x, mean, std):
@@ -233,31 +341,35 @@ class TestTimeViews(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="fastcifar")
 class MeanOverViews(layers.Layer):
-    """[V*B, K] logits -> [B, K]: the mean over the V views of each image."""
+    """[V*B, K] logits -> [B, K]: the weighted mean over the V views of each image
+    (`augment.TTA_WEIGHTS`; equal weights when none are given)."""
 
-    def __init__(self, views=1, **kwargs):
+    def __init__(self, views=1, weights=None, **kwargs):
         super().__init__(**kwargs)
         self.views = int(views)
+        self.view_weights = [float(w) for w in (weights or [1.0 / self.views] * self.views)]
 
     def call(self, logits):
         import tensorflow as tf
 
-        return tf.reduce_mean(tf.reshape(logits, [self.views, -1, logits.shape[-1]]), axis=0)
+        stacked = tf.reshape(logits, [self.views, -1, logits.shape[-1]])
+        return tf.tensordot(tf.constant(self.view_weights, stacked.dtype), stacked, axes=1)
 
     def get_config(self):
-        return {**super().get_config(), "views": self.views}
+        return {**super().get_config(), "views": self.views, "weights": self.view_weights}
 
 
 def inference_model(network: keras.Model, mean, std, tta: str = "none") -> keras.Model:
     """Pixels (0-255) -> logits exactly as evaluation computes them: the training set's
     statistics, then the mean logits over the test-time views. Saved, it loads in Keras'
     safe mode after `import fastcifar.model`."""
-    from .augment import TTA_VIEWS
+    from .augment import TTA_WEIGHTS
 
     image = keras.Input((32, 32, 3), name="pixels")
     x = Standardize(mean, std, name="standardize")(image)
     x = TestTimeViews(tta, name="test_time_views")(x)
-    logits = MeanOverViews(TTA_VIEWS[tta], name="mean_over_views")(network(x))
+    logits = MeanOverViews(len(TTA_WEIGHTS[tta]), TTA_WEIGHTS[tta],
+                           name="mean_over_views")(network(x))
     return keras.Model(image, logits, name=f"{network.name}_inference")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
 from .data import Dataset, channel_stats
 from .errors import ConfigError, TrainingDiverged
-from .model import davidnet, inference_model, standardize
+from .model import NETS, build, inference_model, standardize
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
 from .util import atomic_path
@@ -94,17 +95,16 @@ class Trainer:
         self.loss_scaling = self.runtime.precision == "mixed_float16"
 
         with self.placement.scope():
-            self.model = davidnet(config.width, config.dropout, self.runtime.precision,
-                                  config.seed, activation=config.activation,
-                                  frozen_bn_scale=config.frozen_bn_scale,
-                                  whiten=config.whiten, sync_bn=config.sync_bn)
+            self.model = build(config, self.runtime.precision)
             # BatchNorm betas: learning rate x bias_lr_scale, weight decay / bias_lr_scale
             self.lr_scales = [config.bias_lr_scale if _is_bias(v) else 1.0
                               for v in self.model.trainable_variables]
             local = distribute.replica_local_variable
             self.step = local(0, "step", tf.int64)  # advances on every step, skipped or not
-            # steps per epoch of the training set being used (set by `prepare`/`compile`)
+            # steps per epoch and in all, for the training set being used (set by
+            # `prepare`/`compile`; a fractional `epochs` ends part-way through an epoch)
             self.epoch_steps = local(0, "epoch_steps", tf.int64)
+            self.total_steps = local(0, "total_steps", tf.int64)
             # the current epoch's augmentation table and order, sized by the training set
             self.table = local(tf.zeros([0, augment.TABLE_COLUMNS]), "aug_table",
                                shape=tf.TensorShape([None, augment.TABLE_COLUMNS]))
@@ -114,6 +114,12 @@ class Trainer:
             # weight averaging (EMA): a float32 shadow of every weight and BN statistic
             self.ema_variables = [local(tf.cast(v, tf.float32), "ema")
                                   for v in self.ema_sources()] if config.ema else []
+            # lookahead (airbench): the same kind of shadow, pulled in every 5 steps
+            self.lookahead_variables = [local(tf.cast(v, tf.float32), "lookahead")
+                                        for v in self.ema_sources()] if config.lookahead else []
+        # airbench94's whitening bias trains for `whiten_bias_epochs`, then is frozen
+        self.whiten_bias = next((v for v in self.model.trainable_variables
+                                 if "whiten_bias" in str(getattr(v, "path", v.name))), None)
 
         self.data: Optional[DeviceData] = None  # the last data `prepare` put on the device
         self.compile_seconds = 0.0
@@ -170,11 +176,16 @@ class Trainer:
         """Static batch shapes: the remainder of each epoch is dropped."""
         return n_train // self.config.batch_size
 
+    def total_steps_for(self, n_train: int, epochs: Optional[float] = None) -> int:
+        """Steps of a run of `epochs` (default: the recipe's) over `n_train` images."""
+        epochs = self.config.epochs if epochs is None else epochs
+        return math.ceil(round(epochs * self.steps_per_epoch(n_train), 6))
+
     def learning_rate(self):
         """The per-example learning rate at the current step (the optimizer reads this)."""
         cfg = self.config
-        return lr_tensor(self.step, self.epoch_steps, cfg.epochs, cfg.peak_fraction,
-                         cfg.lr_peak, cfg.batch_size)
+        return lr_tensor(self.step, self.total_steps, cfg.peak_fraction, cfg.lr_peak,
+                         cfg.batch_size, start=cfg.lr_start, end=cfg.lr_end)
 
     def _use_training_set_of(self, n_train: int) -> None:
         """Size the schedule and the epoch table for a training set of `n_train` images
@@ -184,6 +195,7 @@ class Trainer:
             raise ConfigError(f"invalid batch_size={self.config.batch_size}: larger than the "
                               f"{n_train} training images; lower --batch-size")
         self.epoch_steps.assign(steps)
+        self.total_steps.assign(self.total_steps_for(n_train))
         if int(tf.shape(self.perm)[0]) != n_train:
             self.table.assign(tf.zeros([n_train, augment.TABLE_COLUMNS]))
             self.perm.assign(tf.zeros([n_train], tf.int64))
@@ -293,12 +305,50 @@ class Trainer:
         if cfg.bias_lr_scale != 1.0:  # momentum SGD is linear in g: this scales the lr
             grads = [g * scale if scale != 1.0 else g
                      for g, scale in zip(grads, self.lr_scales)]
+        if self.whiten_bias is not None:
+            grads = self._freeze_whiten_bias(variables, grads)
         self.optimizer.apply_gradients(zip(grads, variables))
         self.step.assign_add(1)
         self._update_ema()
+        self._update_lookahead()
         hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), labels),
                                      tf.float32))
         return tf.stack([loss_sum, hits])
+
+    def _freeze_whiten_bias(self, variables, grads):
+        """From epoch `whiten_bias_epochs` on, the whitening bias does not move at all (as
+        a PyTorch parameter with requires_grad off): no gradient, no decay, and its momentum
+        emptied, so no step is taken from what it held."""
+        epoch = self.step // self.epoch_steps
+        training = tf.cast(tf.cast(epoch, tf.float32) < self.config.whiten_bias_epochs,
+                           tf.float32)
+        velocity = self._inner_optimizer().velocity(self.whiten_bias)
+        velocity.assign(velocity * tf.cast(training, velocity.dtype))
+        return [g * tf.cast(training, g.dtype) if v is self.whiten_bias else g
+                for g, v in zip(grads, variables)]
+
+    def _inner_optimizer(self):
+        return getattr(self.optimizer, "inner_optimizer", self.optimizer)
+
+    def _update_lookahead(self) -> None:
+        """airbench's lookahead: every 5 steps the average moves toward the weights with
+        decay 0.95^5 (step/total)^3 and the weights are set to it; at the last step the
+        weights take the average."""
+        if not self.lookahead_variables:
+            return
+        step = self.step
+        progress = tf.cast(step, tf.float32) / tf.cast(self.total_steps, tf.float32)
+
+        def pull(decay):
+            for average, v in zip(self.lookahead_variables, self.ema_sources()):
+                average.assign(decay * average + (1.0 - decay) * tf.cast(v, tf.float32))
+                v.assign(tf.cast(average, v.dtype))
+            return tf.constant(0)
+
+        tf.cond(tf.equal(step % 5, 0), lambda: pull(0.95 ** 5 * progress ** 3),
+                lambda: tf.constant(0))
+        tf.cond(tf.equal(step, self.total_steps), lambda: pull(tf.constant(1.0)),
+                lambda: tf.constant(0))
 
     def _update_ema(self) -> None:
         if not self.ema_variables:
@@ -343,10 +393,11 @@ class Trainer:
         return tf.stack([loss_sum, hits, count])
 
     def tta_logits(self, x):
-        """Mean logits over the test-time views: the image, its mirror, and with
-        `flip_translate` both shifted by one pixel each way (6 views, as airbench)."""
+        """Logits averaged over the test-time views (`augment.tta_views`) with airbench's
+        weights (`augment.TTA_WEIGHTS`)."""
         views = augment.tta_views(x, self.config.tta)
-        return tf.add_n([self.model(v, training=False) for v in views]) / len(views)
+        weights = augment.TTA_WEIGHTS[self.config.tta]
+        return tf.add_n([w * self.model(v, training=False) for w, v in zip(weights, views)])
 
     # --- state ------------------------------------------------------------------------
     def state_variables(self) -> list:
@@ -354,7 +405,7 @@ class Trainer:
         slots and loss scale, step counter, augmentation tables, weight average."""
         candidates = (list(self.model.variables) + list(self.optimizer.variables)
                       + [self.step, self.table, self.perm, self.table_epoch]
-                      + list(self.ema_variables))
+                      + list(self.ema_variables) + list(self.lookahead_variables))
         seen, out = set(), []
         for v in candidates:
             if id(v) not in seen:
@@ -445,15 +496,18 @@ class Trainer:
         keys = augment.hash_bits(self.config.seed, WHITENING_KEY, n_train, 1)[:, 0]
         return tf.argsort(keys, stable=True)[:min(n_images, n_train)]
 
-    def fit_whitening(self, data: DeviceData, n_images: int = 10000) -> None:
-        """PCA-whiten the first layer on `n_images` unaugmented training images."""
+    def fit_whitening(self, data: DeviceData, n_images: Optional[int] = None) -> None:
+        """Whiten the first layer on `n_images` unaugmented training images (the net's
+        own count by default: davidnet 10,000, airbench94 5,000)."""
         from .model import fit_whitening
 
+        _, default_images, eps = NETS[self.config.net]
         pad = self.config.crop_padding
         x = tf.gather(self.placement.first(data.x_train),
-                      self.whitening_sample(data.n_train, n_images))
+                      self.whitening_sample(data.n_train, n_images or default_images))
         x = x[:, pad:x.shape[1] - pad, pad:x.shape[2] - pad] if pad else x
-        fit_whitening(self.model, tf.cast(self.normalise(x, data.mean, data.std), tf.float32))
+        fit_whitening(self.model, tf.cast(self.normalise(x, data.mean, data.std), tf.float32),
+                      eps)
 
     def evaluate_prepared(self, data: DeviceData) -> dict:
         """Over every test image once; with `ema`, using the averaged weights."""
@@ -466,7 +520,7 @@ class Trainer:
         return {"test_loss": float(loss / count), "test_acc": float(hits / count),
                 "count": int(count)}
 
-    def fit(self, ds: Dataset, epochs: Optional[int] = None, quiet: bool = True,
+    def fit(self, ds: Dataset, epochs: Optional[float] = None, quiet: bool = True,
             on_epoch: Optional[Callable[[dict], None]] = None, monitor=None,
             on_progress: Optional[Callable[[], None]] = None) -> FitResult:
         """Train and evaluate. The clock (`seconds`, `seconds_to_target`) covers preparing
@@ -489,25 +543,29 @@ class Trainer:
         for x in self.placement.copies(data.x_train):
             x[0, 0, 0, 0].numpy()  # every upload is done before the clock reads
         steps_per_epoch = self.steps_per_epoch(data.n_train)
-        images = steps_per_epoch * cfg.batch_size
+        total = self.total_steps_for(data.n_train, epochs)
+        n_epochs = math.ceil(total / steps_per_epoch)
         result = FitResult(prep_seconds=time.perf_counter() - t0,
                            compile_seconds=self.compile_seconds,
                            steps_per_epoch=steps_per_epoch)
-        elapsed, train_only, windows = result.prep_seconds, 0.0, []
-        for epoch in range(1, epochs + 1):
+        elapsed, train_only, trained, windows = result.prep_seconds, 0.0, 0, []
+        for epoch in range(1, n_epochs + 1):
+            steps = min(steps_per_epoch, total - (epoch - 1) * steps_per_epoch)
+            images = steps * cfg.batch_size
             window = (monitor.window(f"epoch {epoch}") if monitor is not None
                       else contextlib.nullcontext())
             with window as w:
-                loss_sum, hits, seconds = self._train_epoch(data, f"epoch {epoch}/{epochs}",
-                                                            quiet, progress, result.history)
+                loss_sum, hits, seconds = self._train_epoch(
+                    data, steps, f"epoch {epoch}/{n_epochs}", quiet, progress, result.history)
             windows += [w] if w is not None else []
             elapsed += seconds
             train_only += seconds
+            trained += images
             row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": hits / images,
                    "test_loss": None, "test_acc": None, "epoch_seconds": seconds,
                    "eval_seconds": 0.0, "images_per_sec": images / seconds,
                    "lr": float(self.learning_rate().numpy()) * cfg.batch_size}
-            if epoch == epochs or (every and epoch % every == 0):
+            if epoch == n_epochs or (every and epoch % every == 0):
                 t_eval = time.perf_counter()
                 ev = self.evaluate_prepared(data)
                 row.update(test_loss=ev["test_loss"], test_acc=ev["test_acc"],
@@ -528,17 +586,17 @@ class Trainer:
         result.train_seconds = elapsed
         if monitor is not None:
             result.utilization = monitor.result(windows)
-        result.images_per_sec = epochs * images / train_only if train_only else 0.0
+        result.images_per_sec = trained / train_only if train_only else 0.0
         return result
 
-    def _train_epoch(self, data: DeviceData, label: str, quiet: bool, progress,
-                     history: list = ()):
-        """One epoch of compiled calls; returns (summed loss, hits, seconds). A loss that
-        is not finite (read from the fetch every call makes anyway) stops the run: float16
-        loss-scale skips keep the loss finite, so they never trigger this."""
+    def _train_epoch(self, data: DeviceData, steps_per_epoch: int, label: str, quiet: bool,
+                     progress, history: list = ()):
+        """One epoch of `steps_per_epoch` steps in compiled calls; returns (summed loss,
+        hits, seconds). A loss that is not finite (read from the fetch every call makes
+        anyway) stops the run: float16 loss-scale skips keep the loss finite, so they never
+        trigger this."""
         from tqdm import tqdm
 
-        steps_per_epoch = self.steps_per_epoch(data.n_train)
         steps_per_call = self.runtime_config.steps_per_call
         loss_sum = hits = 0.0
         done = 0

@@ -137,7 +137,8 @@ def test_fast_recipe_runs_mirrored_like_one_device(data):
 
     out = {}
     for strategy, replicas in (("auto", 0), ("mirrored", 2)):
-        cfg = recipe("fast", width=8, epochs=2, batch_size=256, strategy=strategy,
+        cfg = recipe("davidnet_tricks", width=8, epochs=2, batch_size=256,
+                     strategy=strategy,
                      replicas=replicas, sync_bn=True, target=None)
         tr = Trainer(cfg, RT)
         out[strategy] = (tr, tr.fit(data))

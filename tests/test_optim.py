@@ -11,18 +11,31 @@ from fastcifar.optim import TutorialNesterov, l2_penalty, lr_numpy, lr_tensor
 def test_schedule_matches_np_interp(epochs):
     spe, batch = 97, 512
     steps = np.arange(0, epochs * spe + 1)
-    got = lr_tensor(tf.constant(steps, tf.int64), spe, epochs, 5 / 24, 0.4, batch).numpy()
-    xs = [0, epochs * 5 / 24, epochs]
+    got = lr_tensor(tf.constant(steps, tf.int64), epochs * spe, 5 / 24, 0.4, batch).numpy()
+    xs = [0, epochs * 5 / 24, epochs]  # the tutorial's knots, in epochs
     want = np.interp(steps / spe, xs, [0, 0.4, 0]) / batch
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(lr_numpy(steps, spe, epochs, 5 / 24, 0.4, batch), want)
+    np.testing.assert_allclose(lr_numpy(steps, epochs * spe, 5 / 24, 0.4, batch), want)
     assert got[0] == 0 and abs(got.max() * batch - 0.4) < 0.01  # warm-up kept for short runs
 
 
 def test_24_epoch_schedule_peaks_at_epoch_5():
     spe = 97
-    lr = lr_tensor(tf.constant(5 * spe, tf.int64), spe, 24, 5 / 24, 0.4, 1).numpy()
+    lr = lr_tensor(tf.constant(5 * spe, tf.int64), 24 * spe, 5 / 24, 0.4, 1).numpy()
     assert abs(lr - 0.4) < 1e-6
+
+
+def test_airbench_schedule_by_hand():
+    """airbench94: factor 0.2 -> 1.0 over the first 23% of 476 steps, then -> 0.07."""
+    total, peak = 476, 1.5
+    for step, factor in ((0, 0.2), (238, None), (476, 0.07), (int(476 * 0.23), None)):
+        got = float(lr_tensor(tf.constant(step, tf.int64), total, 0.23, peak, 1,
+                              start=0.2, end=0.07)) / peak
+        t = step / total
+        want = (0.2 + 0.8 * t / 0.23) if t < 0.23 else 1.0 - 0.93 * (t - 0.23) / 0.77
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+        if factor is not None:
+            assert got == pytest.approx(factor, rel=1e-5)
 
 
 def test_nesterov_update_is_the_tutorials_form_with_a_changing_rate():
