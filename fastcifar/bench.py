@@ -130,7 +130,7 @@ def compiled_call(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int):
     trainer = Trainer(config, runtime.replace(steps_per_call=steps))
     compile_s = trainer.compile(len(ds.x_train), len(ds.x_test))
     data = trainer.prepare(ds)
-    trainer.step.assign(config.epochs * trainer.steps_per_epoch(data.n_train) // 4)
+    trainer.step.assign(trainer.total_steps_for(data.n_train) // 4)
 
     def call() -> float:
         return float(trainer.train_steps(data, steps)[0].numpy())
