@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from . import results
 from .config import FAST_TECHNIQUES, RuntimeConfig, TrainConfig
 from .errors import ConfigError
+from .profiling import profile_steps, top_ops
 from .util import peak_rss_bytes, summarize
 
 
@@ -157,7 +158,7 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         with window as w:
             secs = time_calls(call, reps)
         if profile_dir:
-            profile_steps(call, profile_dir)
+            profiled = top_ops(profile_dir, profile_steps(call, profile_dir))
     except tf.errors.ResourceExhaustedError as e:
         first = str(e).strip().splitlines()[0][:200]
         return {"batch_size": config.batch_size, "error": f"out of memory: {first}"}, None
@@ -183,6 +184,8 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         "host_peak_rss_bytes": peak_rss_bytes(),
         "runtime": trainer.describe_runtime(),
     }
+    if profile_dir:
+        row["top_ops"] = profiled
     if fraction > 1:
         row["peak_error"] = (f"achieved {achieved / 1e9:.0f} GFLOP/s exceeds the measured "
                              f"conv peak {peak['flops_per_sec'] / 1e9:.0f} GFLOP/s: the peak "
@@ -219,21 +222,6 @@ def tutorial_speedup(config: TrainConfig, runtime: RuntimeConfig, data: str, ste
             "tutorial_images_per_sec": summarize(tutorial_ips),
             "fast_images_per_sec": summarize(fast_ips),
             "tutorial_peak_rss_bytes": tutorial_memory}
-
-
-def profile_steps(call: Callable[[], float], logdir: str, calls: int = 2) -> None:
-    """A TensorFlow profiler trace of steady-state calls (view with TensorBoard)."""
-    import os
-
-    import tensorflow as tf
-
-    os.makedirs(logdir, exist_ok=True)
-    tf.profiler.experimental.start(logdir)
-    try:
-        for _ in range(calls):
-            call()
-    finally:
-        tf.profiler.experimental.stop()
 
 
 # --- the three benchmarks, each returning its result ------------------------------------
@@ -282,8 +270,9 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
                                     "achieved_flops_per_sec", "peak_flops_per_sec",
                                     "fraction_of_peak", "peak_memory_bytes",
                                     "host_peak_rss_bytes")}
-    if "peak_error" in head:
-        metrics["peak_error"] = head["peak_error"]
+    for key in ("peak_error", "top_ops"):
+        if key in head:
+            metrics[key] = head[key]
     metrics["utilization"] = head.get("utilization")
     if compare == "tutorial":
         say(f"comparing with the tutorial's loop ({pairs} alternating pairs)")

@@ -78,9 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "of steady-state steps")
         return parser
 
-    train = command(sub, "train", cmd_train, "train a recipe (default: davidnet)", "cifar10",
-                    profile=True)
+    train = command(sub, "train", cmd_train, "train a recipe (default: davidnet)", "cifar10")
     train.add_argument("--save", metavar="PATH.keras", help="save the trained model")
+    train.add_argument("--logdir", metavar="DIR", help="TensorBoard scalars per epoch (losses, "
+                       "accuracies, learning rate, images/s, utilisation)")
+    train.add_argument("--profile", metavar="DIR", nargs="?", const="", help="TensorFlow "
+                       "profiler trace of steady-state steps (no DIR: into --logdir)")
     _add_settings(train)
     command(sub, "info", cmd_info, "devices, versions, and what `auto` picks and why",
             json=False, quiet=False)
@@ -193,9 +196,12 @@ def cmd_train(args) -> int:
             f"{row['train_acc']:>9.4f} {test} {row['seconds']:>8.1f} "
             f"{row['images_per_sec']:>7.0f}")
 
+    if args.profile == "" and not args.logdir:
+        raise UserError("--profile without a folder needs --logdir (the trace goes there)")
     result = run_training(cfg, runtime, args.data, json_path=args.json, save_path=args.save,
-                          profile_dir=args.profile, quiet=args.quiet, on_start=on_start,
-                          on_epoch=on_epoch)
+                          profile_dir=args.profile, logdir=args.logdir,
+                          target_declared=hasattr(args, "target"), quiet=args.quiet,
+                          on_start=on_start, on_epoch=on_epoch)
     metrics, worker = result["metrics"], result["runtime"].get("worker", 0)
     reached = metrics["seconds_to_target"]
     if worker == 0:
@@ -239,6 +245,10 @@ def cmd_bench_step(args) -> int:
         speedup = metrics["speedup_vs_tutorial"]
         say(f"  speedup vs the tutorial: {speedup['median']:.2f}x (min {speedup['min']:.2f}, "
             f"max {speedup['max']:.2f})")
+    if "top_ops" in metrics:
+        from .profiling import top_ops_table
+
+        say("\n".join(top_ops_table(metrics["top_ops"])))
     util = metrics.get("utilization") or {}
     say(f"{metrics['images_per_sec']:.1f} img/s at batch {result['config']['batch_size']} "
         f"({resolved['precision']}, XLA {'on' if resolved['xla'] else 'off'}, "

@@ -148,8 +148,11 @@ class TrainConfig(_Settings):
     """One training recipe. Defaults are the `davidnet` recipe (David Page's original)."""
 
     recipe: str = setting("davidnet", "the recipe these values started from", flag=False)
-    net: str = setting("davidnet", "network: davidnet (ResNet-9, width c) or airbench94 "
-                       "(widths c, 4c, 4c)", choices=("davidnet", "airbench94"))
+    net: str = setting("davidnet", "network: davidnet (ResNet-9, width c), airbench94 "
+                       "(widths c, 4c, 4c), or your own as package.module:builder (a "
+                       "function of the precision policy returning a Keras model)")
+    num_classes: int = setting(10, "outputs of the net (the command line takes it from the "
+                               "data: 100 for cifar100)", low=2, high=100_000)
     epochs: float = setting(24, "epochs to train; a fraction trains part of the last one",
                             low=0, low_open=True)
     batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1,
@@ -211,6 +214,9 @@ class TrainConfig(_Settings):
     def _check_together(self) -> None:
         from .flops import davidnet_parameters
 
+        if self.net not in ("davidnet", "airbench94") and ":" not in self.net:
+            raise ConfigError(f"invalid net={self.net!r}: choose davidnet or airbench94, or "
+                              f"give your own builder as package.module:function")
         weights = 4 * 4 * davidnet_parameters(self.width)  # float32 weights, grads, slots
         memory = physical_memory_bytes()
         if memory and weights > memory:

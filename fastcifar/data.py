@@ -117,38 +117,87 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-# An official batch is 31 MB and the whole archive 178 MB unpacked: far above either is
-# not CIFAR-10, and reading it would only fill the disk or the memory.
-MAX_MEMBER_BYTES = 64 << 20
+@dataclass(frozen=True)
+class Format:
+    """One of the official python archives: what it holds and how to read it."""
+
+    name: str               # "cifar10" / "cifar100"
+    archive: str            # file name of the archive
+    folder: str             # the folder inside it
+    train: tuple            # member names holding the training set, in order
+    test: str               # the member holding the test set
+    url: str
+    sha256: str
+    labels: dict            # label mode -> (pickle key, number of classes)
+    member_cap: int         # bytes: far above an official member is not this format
+    meta: str = ""          # the member with class names, if any
+    meta_keys: tuple = ()   # its key per label mode
+
+    @property
+    def members(self) -> tuple:
+        return self.train + (self.test,)
+
+
+# An official CIFAR-10 batch is 31 MB, CIFAR-100's train member 154 MB; either archive is
+# under 200 MB unpacked: far above is not CIFAR, and reading it would fill disk or memory.
+CIFAR10 = Format("cifar10", ARCHIVE_NAME, BATCHES_DIR, TRAIN_BATCHES, TEST_BATCH, CIFAR10_URL,
+                 CIFAR10_SHA256, {"fine": (b"labels", 10)}, 64 << 20)
+CIFAR100 = Format("cifar100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",),
+                  "test", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                  "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+                  {"fine": (b"fine_labels", 100), "coarse": (b"coarse_labels", 20)},
+                  192 << 20, "meta", (b"fine_label_names", b"coarse_label_names"))
+FORMATS = (CIFAR10, CIFAR100)
+MAX_MEMBER_BYTES = 192 << 20  # a cap over every format's own (tests lower it)
 MAX_ARCHIVE_BYTES = 512 << 20
 
 
-def _parse_batch(blob: bytes, where: str, num_classes: int = 10) -> tuple:
-    """One pickled batch -> (images NHWC uint8, labels int64), every field checked."""
+def _unpickle(blob: bytes, where: str, what: str) -> dict:
     try:
         d = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DataError(f"unsafe or corrupt CIFAR-10 batch {where}: {e}; use the official "
-                        f"{ARCHIVE_NAME}") from None
+        raise DataError(f"unsafe or corrupt {what} {where}: {e}; use the official "
+                        f"archive") from None
     except Exception as e:  # truncated, not a pickle
-        raise DataError(f"corrupt CIFAR-10 batch {where} ({type(e).__name__}: "
-                        f"{_first_line(e)}); re-download {ARCHIVE_NAME}") from None
+        raise DataError(f"corrupt {what} {where} ({type(e).__name__}: {_first_line(e)}); "
+                        f"re-download the archive") from None
     if not isinstance(d, dict):
-        raise DataError(f"corrupt CIFAR-10 batch {where}: not a dict of data and labels")
+        raise DataError(f"corrupt {what} {where}: not a dict of data and labels")
+    return d
+
+
+def _parse_batch(blob: bytes, where: str, label_key: bytes = b"labels",
+                 num_classes: int = 10) -> tuple:
+    """One pickled batch -> (images NHWC uint8, labels int64), every field checked."""
+    d = _unpickle(blob, where, "CIFAR batch")
     data = d.get(b"data", d.get("data"))
-    labels = d.get(b"labels", d.get("labels"))
+    labels = d.get(label_key, d.get(label_key.decode()))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"corrupt CIFAR-10 batch {where}: expected uint8 (N, 3072) data, "
+        raise DataError(f"corrupt CIFAR batch {where}: expected uint8 (N, 3072) data, "
                         f"got {got}")
     if not isinstance(labels, (list, np.ndarray)) or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool)
             and 0 <= v < num_classes for v in labels) or len(labels) != len(data):
-        raise DataError(f"corrupt CIFAR-10 batch {where}: labels must be a list of "
+        raise DataError(f"corrupt CIFAR batch {where}: labels must be a list of "
                         f"{len(data)} integers in [0, {num_classes})")
     return (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
             np.asarray([int(v) for v in labels], np.int64))
+
+
+def _class_names_from(fmt: Format, mode: str, blob: Optional[bytes], where: str) -> tuple:
+    _, count = fmt.labels[mode]
+    if fmt is CIFAR10:
+        return CIFAR10_CLASSES
+    if blob is None:
+        return tuple(f"class{i}" for i in range(count))
+    key = fmt.meta_keys[list(fmt.labels).index(mode)]
+    names = _unpickle(blob, where, "class-name list").get(key)
+    if not isinstance(names, list) or len(names) != count or not all(
+            isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"corrupt class names in {where}: expected {count} names")
+    return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
 
 
 def _first_line(e: BaseException) -> str:
@@ -172,23 +221,46 @@ def _read_regular(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
         return f.read(limit + 1)
 
 
-def load_batches_dir(folder: Path, name: Optional[str] = None) -> Dataset:
-    """The extracted archive. Its content cannot be checked against the official digest,
-    so it is not called `cifar10` (a `--target` must be declared to benchmark it)."""
+def _format_of_folder(folder: Path) -> Format:
+    return CIFAR100 if (folder / CIFAR100.test).is_file() and (folder / "train").is_file() \
+        else CIFAR10
+
+
+def load_batches_dir(folder: Path, name: Optional[str] = None, mode: str = "fine") -> Dataset:
+    """The extracted archive (CIFAR-10's batches or CIFAR-100's train/test). Its content
+    cannot be checked against the official digest, so it is not called `cifar10` or
+    `cifar100` (a `--target` must be declared to benchmark it)."""
+    fmt = _format_of_folder(folder)
+    label_key, count = _label_mode(fmt, mode)
     parts = {}
-    for batch in TRAIN_BATCHES + (TEST_BATCH,):
-        path = folder / batch
+    for member in fmt.members:
+        path = folder / member
         if not path.exists() and not path.is_symlink():
-            raise DataError(f"missing CIFAR-10 batch file {path}: point --data at a complete "
-                            f"{ARCHIVE_NAME} or {BATCHES_DIR}/ folder")
-        parts[batch] = _parse_batch(_read_regular(path), str(path))
-    return _from_batches(parts, name or f"cifar10-format:{folder.resolve().name}")
+            raise DataError(f"missing {fmt.name} batch file {path}: point --data at a "
+                            f"complete {fmt.archive} or {fmt.folder}/ folder")
+        parts[member] = _parse_batch(_read_regular(path, min(fmt.member_cap,
+                                                             MAX_MEMBER_BYTES)),
+                                     str(path), label_key, count)
+    meta = folder / fmt.meta if fmt.meta else None
+    classes = _class_names_from(fmt, mode, _read_regular(meta) if meta and meta.is_file()
+                                else None, str(meta))
+    suffix = "-coarse" if mode == "coarse" else ""
+    return _from_batches(fmt, parts, name or f"{fmt.name}{suffix}-format:"
+                         f"{folder.resolve().name}", classes)
 
 
-def _from_batches(parts: dict, name: str) -> Dataset:
-    train = [parts[b] for b in TRAIN_BATCHES]
+def _label_mode(fmt: Format, mode: str) -> tuple:
+    if mode not in fmt.labels:
+        raise DataError(f"{fmt.name} has no {mode!r} labels: use "
+                        f"{' or '.join(repr(m) for m in fmt.labels)}")
+    return fmt.labels[mode]
+
+
+def _from_batches(fmt: Format, parts: dict, name: str, classes: tuple) -> Dataset:
+    train = [parts[b] for b in fmt.train]
     return make_dataset(np.concatenate([x for x, _ in train]),
-                        np.concatenate([y for _, y in train]), *parts[TEST_BATCH], name)
+                        np.concatenate([y for _, y in train]), *parts[fmt.test], name,
+                        classes)
 
 
 class _Counted(io.RawIOBase):
@@ -204,18 +276,20 @@ class _Counted(io.RawIOBase):
         data = self.stream.read(len(buffer))
         self.count += len(data)
         if self.count > self.limit:
-            raise DataError(f"{self.what} unpacks to more than {self.limit} bytes: not the "
-                            f"CIFAR-10 python archive (a compression bomb?)")
+            raise DataError(f"{self.what} unpacks to more than {self.limit} bytes: not a "
+                            f"CIFAR python archive (a compression bomb?)")
         buffer[:len(data)] = data
         return len(data)
 
 
-def load_archive(path: Path, name: Optional[str] = None) -> Dataset:
-    """The python archive, read as a stream: only the six batch members, each capped,
-    nothing written to disk; the gzip checksum is verified by reading to the end. Named
-    `cifar10` only when the file is the official one (its SHA-256)."""
-    wanted = set(TRAIN_BATCHES) | {TEST_BATCH}
-    parts = {}
+def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> Dataset:
+    """A python archive (CIFAR-10 or CIFAR-100, told apart by its members), read as a
+    stream: only the members the format needs, each capped, nothing written to disk; the
+    gzip checksum is verified by reading to the end. Named `cifar10`/`cifar100` only when
+    the file is the official one (its SHA-256)."""
+    wanted = {m: fmt for fmt in FORMATS for m in fmt.members + ((fmt.meta,) if fmt.meta
+                                                               else ())}
+    blobs, formats = {}, set()
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
@@ -224,14 +298,17 @@ def load_archive(path: Path, name: Optional[str] = None) -> Dataset:
             counted = io.BufferedReader(_Counted(stream, MAX_ARCHIVE_BYTES, str(path)))
             with tarfile.open(fileobj=counted, mode="r|") as tar:
                 for member in tar:
-                    base = member.name.rsplit("/", 1)[-1]
-                    if base not in wanted or not member.isfile():
+                    folder, _, base = member.name.rpartition("/")
+                    fmt = next((f for f in FORMATS if folder.endswith(f.folder)), None)
+                    if fmt is None or base not in wanted or wanted[base] is not fmt \
+                            or not member.isfile():
                         continue  # never extracted: links, devices and paths stay inert
-                    if member.size > MAX_MEMBER_BYTES:
+                    cap = min(fmt.member_cap, MAX_MEMBER_BYTES)
+                    if member.size > cap:
                         raise DataError(f"{base} in {path} is {member.size} bytes, above the "
-                                        f"{MAX_MEMBER_BYTES}-byte limit of a CIFAR-10 batch")
-                    parts[base] = _parse_batch(tar.extractfile(member).read(),
-                                               f"{base} in {path}")
+                                        f"{cap}-byte limit of a {fmt.name} member")
+                    blobs[base] = tar.extractfile(member).read()
+                    formats.add(fmt)
             while counted.read(1 << 20):  # to the end: gzip checks its CRC there
                 pass
     except DataError:
@@ -239,17 +316,24 @@ def load_archive(path: Path, name: Optional[str] = None) -> Dataset:
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         raise DataError(f"corrupt or truncated archive {path} ({type(e).__name__}: "
                         f"{_first_line(e)}); re-download it or pass the extracted "
-                        f"{BATCHES_DIR}/ folder") from None
-    missing = sorted(wanted - set(parts))
-    if len(missing) == len(wanted):
-        raise DataError(f"{path} holds no {BATCHES_DIR}/ batches: is it the CIFAR-10 python "
-                        f"archive?")
+                        f"folder") from None
+    if len(formats) != 1:
+        raise DataError(f"{path} holds no {BATCHES_DIR}/ or {CIFAR100.folder}/ batches: is it "
+                        f"a CIFAR python archive?")
+    fmt = formats.pop()
+    missing = [m for m in fmt.members if m not in blobs]
     if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: re-download {ARCHIVE_NAME}")
+        raise DataError(f"{path} lacks {', '.join(missing)}: re-download {fmt.archive}")
+    label_key, count = _label_mode(fmt, mode)
+    parts = {m: _parse_batch(blobs.pop(m), f"{m} in {path}", label_key, count)
+             for m in fmt.members}
+    classes = _class_names_from(fmt, mode, blobs.get(fmt.meta), f"{fmt.meta} in {path}")
     if name is None:
         digest = _sha256_file(path)
-        name = "cifar10" if digest == CIFAR10_SHA256 else f"cifar10-format:{digest[:12]}"
-    return _from_batches(parts, name)
+        suffix = "-coarse" if mode == "coarse" else ""
+        name = (f"{fmt.name}{suffix}" if digest == fmt.sha256
+                else f"{fmt.name}{suffix}-format:{digest[:12]}")
+    return _from_batches(fmt, parts, name, classes)
 
 
 def _sha256_file(path: Path) -> str:
@@ -280,27 +364,34 @@ def cached_digest(path: Path) -> str:
     return digest
 
 
-def cifar10_archive(quiet: bool = False) -> Path:
+def cached_archive(fmt: Format = None, quiet: bool = False) -> Path:
     """The official archive in the cache, verified every time it is used (its digest is
     remembered with its size and modification time); absent or damaged, it is fetched."""
-    expected = os.environ.get("FASTCIFAR_CIFAR10_SHA256", CIFAR10_SHA256).lower()
-    target = cache_dir() / ARCHIVE_NAME
+    fmt = fmt or CIFAR10
+    expected = _expected_digest(fmt)
+    target = cache_dir() / fmt.archive
     if target.is_file():
         if cached_digest(target) == expected:
             return target
         for stale in (target, Path(str(target) + ".sha256")):  # damaged: fetch again
             if stale.exists():
                 stale.unlink()
-    return download_cifar10(quiet)
+    return download(fmt, quiet)
 
 
-def download_cifar10(quiet: bool = False) -> Path:
-    """Download the archive into the cache, checksum-verified, written atomically."""
-    url = os.environ.get("FASTCIFAR_CIFAR10_URL", CIFAR10_URL)
-    expected = os.environ.get("FASTCIFAR_CIFAR10_SHA256", CIFAR10_SHA256).lower()
-    target = cache_dir() / ARCHIVE_NAME
-    hint = (f"download {ARCHIVE_NAME} yourself and pass --data PATH (or set FASTCIFAR_DATA "
-            f"to a folder holding it, or FASTCIFAR_CIFAR10_URL to a mirror)")
+def _expected_digest(fmt: Format) -> str:
+    return os.environ.get(f"FASTCIFAR_{fmt.name.upper()}_SHA256", fmt.sha256).lower()
+
+
+def download(fmt: Format = None, quiet: bool = False) -> Path:
+    """Download an archive into the cache, checksum-verified, written atomically."""
+    fmt = fmt or CIFAR10
+    env = f"FASTCIFAR_{fmt.name.upper()}"
+    url = os.environ.get(f"{env}_URL", fmt.url)
+    expected = _expected_digest(fmt)
+    target = cache_dir() / fmt.archive
+    hint = (f"download {fmt.archive} yourself and pass --data PATH (or set FASTCIFAR_DATA "
+            f"to a folder holding it, or {env}_URL to a mirror)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -312,7 +403,7 @@ def download_cifar10(quiet: bool = False) -> Path:
                 total = int(resp.headers.get("Content-Length") or 0) or None
                 from tqdm import tqdm
                 with tqdm(total=total, unit="B", unit_scale=True, disable=quiet,
-                          desc=f"downloading {ARCHIVE_NAME}") as bar:
+                          desc=f"downloading {fmt.archive}") as bar:
                     for chunk in iter(lambda: resp.read(1 << 20), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -324,8 +415,12 @@ def download_cifar10(quiet: bool = False) -> Path:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"could not download CIFAR-10 from {url} ({type(e).__name__}: "
+        raise DataError(f"could not download {fmt.name} from {url} ({type(e).__name__}: "
                         f"{_first_line(e)}); {hint}") from None
+
+
+def download_cifar10(quiet: bool = False) -> Path:
+    return download(CIFAR10, quiet)
 
 
 # --- image-folder trees ----------------------------------------------------------------
@@ -491,15 +586,20 @@ def _parse_count(spec: str, default: int) -> int:
 
 
 def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:
-    """One entry point: 'cifar10' (cached download), 'synthetic[:N]', 'learnable[:N]', or a
-    path to the archive, its extracted folder, or an image-folder tree. Only the official
-    archive (by its SHA-256) is named `cifar10`."""
+    """One entry point: 'cifar10' or 'cifar100[:coarse]' (cached download),
+    'synthetic[:N]', 'learnable[:N]', or a path to an archive, its extracted folder, or an
+    image-folder tree. Only an official archive (by its SHA-256) is named `cifar10` or
+    `cifar100`."""
     spec = str(spec)
-    if spec == "cifar10":
-        archive = cifar10_archive(quiet=quiet)
-        digest = cached_digest(archive)
-        return load_archive(archive, "cifar10" if digest == CIFAR10_SHA256
-                            else f"cifar10-format:{digest[:12]}")
+    for fmt in FORMATS:
+        if spec.split(":")[0] == fmt.name:
+            mode = spec.partition(":")[2] or "fine"
+            _label_mode(fmt, mode)
+            archive = cached_archive(fmt, quiet=quiet)
+            digest = cached_digest(archive)
+            suffix = "-coarse" if mode == "coarse" else ""
+            return load_archive(archive, f"{fmt.name}{suffix}" if digest == fmt.sha256
+                                else f"{fmt.name}{suffix}-format:{digest[:12]}", mode)
     if spec.split(":")[0] == "synthetic":
         return synthetic(_parse_count(spec, 50000))
     if spec.split(":")[0] == "learnable":
@@ -514,10 +614,14 @@ def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:
         return load_archive(path)
     if not path.is_dir():
         raise DataError(f"{path} is neither a file nor a folder: pass the archive or a folder")
-    if (path / TEST_BATCH).exists() or (path / TRAIN_BATCHES[0]).exists():
+    for fmt in FORMATS:
+        if (path / fmt.test).is_file() or (path / fmt.train[0]).is_file() and \
+                fmt is CIFAR10:
+            return load_batches_dir(path)
+        if (path / fmt.folder).is_dir():
+            return load_batches_dir(path / fmt.folder)
+    if (path / CIFAR100.test).is_file():
         return load_batches_dir(path)
-    if (path / BATCHES_DIR).is_dir():
-        return load_batches_dir(path / BATCHES_DIR)
     if (path / "train").is_dir() or (path / "test").is_dir():
         return load_image_folder(path, quiet=quiet)
     raise DataError(f"{path} is not CIFAR-10 data: expected {ARCHIVE_NAME}, a {BATCHES_DIR}/ "

@@ -256,11 +256,44 @@ NETS = {"davidnet": (davidnet, 10000, 1e-2), "airbench94": (airbench94, 5000, 5e
 
 
 def build(config, precision: str) -> keras.Model:
-    """The network a TrainConfig names, in the precision policy given."""
-    builder = NETS[config.net][0]
-    return builder(config.width, config.dropout, precision, config.seed,
-                   activation=config.activation, frozen_bn_scale=config.frozen_bn_scale,
-                   whiten=config.whiten, sync_bn=config.sync_bn)
+    """The network a TrainConfig names, in the precision policy given: a built-in one,
+    or a user's builder named `package.module:function` (called with the policy)."""
+    if config.net in NETS:
+        return NETS[config.net][0](config.width, config.dropout, precision, config.seed,
+                                   num_classes=config.num_classes,
+                                   activation=config.activation,
+                                   frozen_bn_scale=config.frozen_bn_scale,
+                                   whiten=config.whiten, sync_bn=config.sync_bn)
+    return call_builder(load_builder(config.net), precision, config.num_classes)
+
+
+def call_builder(builder, precision: str, num_classes: int):
+    """A user's builder called with the policy, and the class count if it takes one."""
+    import inspect
+
+    try:
+        takes_classes = len(inspect.signature(builder).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_classes = False
+    return builder(precision, num_classes) if takes_classes else builder(precision)
+
+
+def load_builder(spec: str):
+    """`package.module:function` -> the function; one-line errors for what is missing."""
+    import importlib
+
+    from .errors import ConfigError
+
+    module_name, _, function = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"invalid net={spec!r}: cannot import {module_name} ({e}); put it "
+                          f"on PYTHONPATH") from None
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise ConfigError(f"invalid net={spec!r}: {module_name} has no function {function!r}")
+    return builder
 
 
 def fit_whitening(model: keras.Model, images, eps: float = 1e-2) -> None:

@@ -26,13 +26,17 @@ TRAIN_TIMING = ("seconds: data preparation (statistics, padding, upload, whiteni
 def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
                  data: str = "cifar10", *, json_path: Optional[str] = None,
                  save_path: Optional[str] = None, profile_dir: Optional[str] = None,
-                 quiet: bool = True, on_start: Optional[Callable] = None,
+                 logdir: Optional[str] = None, target_declared: bool = True,
+                 quiet: bool = True, model=None, on_start: Optional[Callable] = None,
                  on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train `config` on `data` and return the result (the `fastcifar.results` schema).
 
-    `on_start(trainer, dataset, cluster)` and `on_epoch(row)` let a caller print; in a
-    multi-worker run only worker 0 calls them, writes `json_path` and `save_path`, and
-    worker i writes `json_path` as PATH.worker<i>.json."""
+    The net's outputs follow the data's classes. A recipe's target is a CIFAR-10 figure:
+    on other data it is dropped unless `target_declared`. `logdir` gets TensorBoard
+    scalars per epoch (and the profile, if `profile_dir` is ""). `model`: a user's model
+    or builder (see `Trainer`). `on_start(trainer, dataset, cluster)` and `on_epoch(row)`
+    let a caller print; in a multi-worker run only worker 0 calls them, writes
+    `json_path` and `save_path`, and worker i writes `json_path` as PATH.worker<i>.json."""
     from . import data as data_mod
 
     peers = None
@@ -52,20 +56,30 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
         results.check_writable(save_path, suffix=".keras")
     if json_path and save_path and os.path.abspath(json_path) == os.path.abspath(save_path):
         raise UserError(f"--json and --save both name {json_path}: give two files")
+    if profile_dir == "" and logdir:
+        profile_dir = logdir  # the profile in the same run folder as the scalars
     if profile_dir is not None:
         results.check_folder(profile_dir)
+    if logdir is not None:
+        results.check_folder(logdir)
 
     # before anything initialises TensorFlow (loading image folders decodes with it)
     strategy = distribute.make_strategy(config, runtime)
     progress("ready")  # every peer joined: the supervisor's start-up deadline is met
     ds = data_mod.load(data, quiet=quiet)
     progress()
+    if ds.num_classes != config.num_classes:
+        config = config.replace(num_classes=ds.num_classes)
+    if ds.name != "cifar10" and not target_declared and config.target is not None:
+        config = config.replace(target=None)  # a CIFAR-10 figure says nothing here
     from .bench import monitor_for
     from .train import Trainer
 
-    trainer = Trainer(config, runtime, strategy=strategy)
+    trainer = Trainer(config, runtime, strategy=strategy, model=model)
     if chief and on_start is not None:
         on_start(trainer, ds, peers)
+    if logdir is not None and chief:
+        on_epoch = _with_tensorboard(logdir, on_epoch)
     guard = (distribute.peer_errors(native_log) if trainer.distributed
              else contextlib.nullcontext())
     try:
@@ -80,13 +94,35 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     result = _result(trainer, res, ds, peers)
     _write_outputs(json_path, result, save_path, trainer)
     if profile_dir:
-        from .bench import profile_steps
+        from .profiling import profile_steps
 
         data_on_device = trainer.data
         profile_steps(lambda: float(trainer.train_steps(data_on_device, 1)[0].numpy()),
                       profile_dir)
     progress("done")
     return result
+
+
+def _with_tensorboard(logdir: str, on_epoch):
+    """`on_epoch` that also writes the epoch's scalars for TensorBoard into `logdir`."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(logdir)
+    names = {"train_loss": "train/loss", "train_acc": "train/accuracy",
+             "test_loss": "test/loss", "test_acc": "test/accuracy", "lr": "learning_rate",
+             "images_per_sec": "throughput/images_per_sec",
+             "utilization_pct": "throughput/utilization_pct", "seconds": "time/seconds"}
+
+    def write(row):
+        with writer.as_default(step=row["epoch"]):
+            for key, tag in names.items():
+                if row.get(key) is not None:
+                    tf.summary.scalar(tag, float(row[key]))
+        writer.flush()
+        if on_epoch is not None:
+            on_epoch(row)
+
+    return write
 
 
 def _write_outputs(json_path, result, save_path, trainer) -> None:

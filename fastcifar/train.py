@@ -74,11 +74,14 @@ class FitResult:
 
 
 class Trainer:
-    """`Trainer(config).fit(dataset)`: a fast, faithful DavidNet baseline."""
+    """`Trainer(config).fit(dataset)`: a fast, faithful baseline (DavidNet, airbench94), or
+    any Keras model on the same fast path: `Trainer(config, model=builder)` where
+    `builder(precision)` returns a model from 32x32x3 images to logits (or a built model,
+    on one device)."""
 
     def __init__(self, config: TrainConfig = TrainConfig(),
                  runtime: RuntimeConfig = RuntimeConfig(),
-                 strategy: Optional[tf.distribute.Strategy] = None):
+                 strategy: Optional[tf.distribute.Strategy] = None, model=None):
         self.config = config.validate()
         self.runtime_config = runtime.validate()
         # first: MultiWorkerMirroredStrategy must exist before TensorFlow initialises
@@ -95,7 +98,7 @@ class Trainer:
         self.loss_scaling = self.runtime.precision == "mixed_float16"
 
         with self.placement.scope():
-            self.model = build(config, self.runtime.precision)
+            self.model = self._model_from(model)
             # BatchNorm betas: learning rate x bias_lr_scale, weight decay / bias_lr_scale
             self.lr_scales = [config.bias_lr_scale if _is_bias(v) else 1.0
                               for v in self.model.trainable_variables]
@@ -139,6 +142,31 @@ class Trainer:
         # its own function: Keras' predict would split the batch across replicas
         self._predict_fn = tf.function(lambda x: self.tta_logits(x))
         self._peek_fn = tf.function(lambda *args: self.strategy.run(self._batch, args=args))
+
+    def _model_from(self, model) -> keras.Model:
+        """The net: the config's, a user's builder called with the precision policy, or a
+        user's model; checked up front so a mismatch is one line, not a failed trace."""
+        if model is None:
+            net = build(self.config, self.runtime.precision)
+        elif isinstance(model, keras.Model):
+            if self.distributed:
+                raise ConfigError("a model passed to Trainer(model=...) under a distribution "
+                                  "strategy must be created in its scope: pass a builder, "
+                                  "model=lambda policy: make_model(policy)")
+            net = model
+        elif callable(model):
+            from .model import call_builder
+
+            net = call_builder(model, self.runtime.precision, self.config.num_classes)
+        else:
+            raise ConfigError(f"invalid model={model!r}: pass a keras.Model or a function of "
+                              f"the precision policy that returns one")
+        check_model(net, self.config.num_classes, self.runtime.precision,
+                    run=model is not None)  # built-in nets are known to run
+        if self.config.whiten and not any(layer.name == "whiten" for layer in net.layers):
+            raise ConfigError("invalid whiten=True: the model has no layer named 'whiten' to "
+                              "fit; use --no-whiten with your own model")
+        return net
 
     def _check_placement(self) -> None:
         if self.config.batch_size % self.replicas:
@@ -204,6 +232,10 @@ class Trainer:
     # --- data -------------------------------------------------------------------------
     def prepare(self, ds: Dataset) -> DeviceData:
         """Statistics, padding and upload, once, on the training device(s)."""
+        if ds.num_classes != self.config.num_classes:
+            raise ConfigError(f"the data has {ds.num_classes} classes but the net has "
+                              f"{self.config.num_classes} outputs: set num_classes="
+                              f"{ds.num_classes} (the command line does)")
         self._use_training_set_of(len(ds.x_train))
         pad = self.config.crop_padding
         # exact, and without a float copy of the set (a float32 mean over 10^8 pixels is
@@ -266,18 +298,19 @@ class Trainer:
         only, through the epoch table, which is refilled whenever the step's epoch is not
         the one it holds: a call may start at any step."""
         cfg = self.config
-        epoch = self.step // self.epoch_steps
-        step_in_epoch = self.step % self.epoch_steps
-        tf.cond(tf.not_equal(epoch, self.table_epoch),
-                lambda: self._new_epoch(epoch, x_all.shape[0]), lambda: tf.constant(0))
-        offset, size = distribute.replica_slice(cfg.batch_size)
-        start = step_in_epoch * cfg.batch_size + offset
-        idx = tf.slice(self.perm, tf.reshape(start, [1]), [size])
-        images = augment.augment(tf.gather(x_all, idx), tf.gather(self.table, idx),
-                                 lambda x: self.normalise(x, mean, std),
-                                 pad=cfg.crop_padding, do_flip=cfg.flip,
-                                 cutout_size=cfg.cutout)
-        return idx, images, tf.gather(y_all, idx)
+        with tf.name_scope("augment"):  # a scope the profile groups by (`profiling`)
+            epoch = self.step // self.epoch_steps
+            step_in_epoch = self.step % self.epoch_steps
+            tf.cond(tf.not_equal(epoch, self.table_epoch),
+                    lambda: self._new_epoch(epoch, x_all.shape[0]), lambda: tf.constant(0))
+            offset, size = distribute.replica_slice(cfg.batch_size)
+            start = step_in_epoch * cfg.batch_size + offset
+            idx = tf.slice(self.perm, tf.reshape(start, [1]), [size])
+            images = augment.augment(tf.gather(x_all, idx), tf.gather(self.table, idx),
+                                     lambda x: self.normalise(x, mean, std),
+                                     pad=cfg.crop_padding, do_flip=cfg.flip,
+                                     cutout_size=cfg.cutout)
+            return idx, images, tf.gather(y_all, idx)
 
     def _new_epoch(self, epoch, n_train: int):
         table, perm = augment.epoch_table(self.config.seed, epoch, n_train,
@@ -305,12 +338,13 @@ class Trainer:
         if cfg.bias_lr_scale != 1.0:  # momentum SGD is linear in g: this scales the lr
             grads = [g * scale if scale != 1.0 else g
                      for g, scale in zip(grads, self.lr_scales)]
-        if self.whiten_bias is not None:
-            grads = self._freeze_whiten_bias(variables, grads)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        self.step.assign_add(1)
-        self._update_ema()
-        self._update_lookahead()
+        with tf.name_scope("optimizer"):  # a scope the profile groups by (`profiling`)
+            if self.whiten_bias is not None:
+                grads = self._freeze_whiten_bias(variables, grads)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            self.step.assign_add(1)
+            self._update_ema()
+            self._update_lookahead()
         hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), labels),
                                      tf.float32))
         return tf.stack([loss_sum, hits])
@@ -559,11 +593,13 @@ class Trainer:
                     data, steps, f"epoch {epoch}/{n_epochs}", quiet, progress, result.history)
             windows += [w] if w is not None else []
             elapsed += seconds
+            utilization = _main_utilization(w)
             train_only += seconds
             trained += images
             row = {"epoch": epoch, "train_loss": loss_sum / images, "train_acc": hits / images,
                    "test_loss": None, "test_acc": None, "epoch_seconds": seconds,
                    "eval_seconds": 0.0, "images_per_sec": images / seconds,
+                   "utilization_pct": utilization,
                    "lr": float(self.learning_rate().numpy()) * cfg.batch_size}
             if epoch == n_epochs or (every and epoch % every == 0):
                 t_eval = time.perf_counter()
@@ -659,7 +695,8 @@ class Trainer:
                 x = self.normalise(tf.constant(images[i:i + 1000]),
                                    tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
                 out.append(self._predict_fn(x).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+        return (np.concatenate(out) if out
+                else np.zeros((0, self.config.num_classes), np.float32))
 
     def export(self, mean=None, std=None) -> keras.Model:
         """The evaluated model as one Keras model from pixels to logits (normalisation and
@@ -678,6 +715,41 @@ class Trainer:
         it and calling it on pixels reproduces evaluation (`fastcifar evaluate`)."""
         with self.evaluated_weights():
             save_model(self.export(mean, std), path)
+
+
+def _main_utilization(window) -> Optional[float]:
+    """The median of a monitor window's main metric (kernel-busy %, or process CPU %)."""
+    summary = getattr(window, "summary", None) or {}
+    key = next((k for k in summary if k.endswith("kernel_busy_pct")), None) \
+        or ("process_cpu_pct" if "process_cpu_pct" in summary else None)
+    return summary[key]["median"] if key and summary[key] else None
+
+
+def check_model(model, num_classes: int, precision: str, run: bool = True) -> None:
+    """What a model must be to train here: one input of 32x32x3 images, one output of
+    `num_classes` logits per image, and (`run`) runnable under the precision policy."""
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"the model is a {type(model).__name__}, not a keras.Model")
+    inputs, outputs = model.inputs or [], model.outputs or []
+    if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != (32, 32, 3):
+        shapes = [tuple(i.shape) for i in inputs]
+        raise ConfigError(f"the model's input is {shapes}, not one (None, 32, 32, 3) image "
+                          f"batch: build it on keras.Input((32, 32, 3))")
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[-1] != num_classes:
+        shapes = [tuple(o.shape) for o in outputs]
+        raise ConfigError(f"the model's output is {shapes}, not one (None, {num_classes}) "
+                          f"batch of logits: end in Dense({num_classes}) without softmax")
+    if not run:
+        return
+    try:
+        dtype = keras.DTypePolicy(precision).compute_dtype
+        logits = model(tf.zeros([2, 32, 32, 3], dtype), training=False)
+    except Exception as e:  # a layer that cannot run in this dtype, a broken graph
+        raise ConfigError(f"the model does not run under {precision} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); build it "
+                          f"with the policy the builder receives") from None
+    if not np.all(np.isfinite(np.asarray(tf.cast(logits, tf.float32)))):
+        raise ConfigError(f"the model's logits on zeros are not finite under {precision}")
 
 
 def _agree_on_overflow(ctx, grads):

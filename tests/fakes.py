@@ -64,3 +64,29 @@ class Exploit:
 
 def malicious_batch(marker: Path) -> bytes:
     return pickle.dumps({b"data": Exploit(marker), b"labels": [0]}, protocol=2)
+
+
+def write_cifar100_archive(path: Path, n_train: int = 40, n_test: int = 20, seed: int = 0):
+    """cifar-100-python.tar.gz as published: train, test (fine and coarse labels) and meta
+    (the class names), protocol-2 pickles; returns (archive, the arrays written)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    blobs = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        fine = rng.integers(0, 100, n)
+        coarse = fine // 5
+        arrays[split] = (x, fine, coarse)
+        blobs[split] = pickle.dumps(
+            {b"filenames": [f"{i}.png".encode() for i in range(n)], b"batch_label": split.encode(),
+             b"fine_labels": [int(v) for v in fine], b"coarse_labels": [int(v) for v in coarse],
+             b"data": x.transpose(0, 3, 1, 2).reshape(n, 3072)}, protocol=2)
+    blobs["meta"] = pickle.dumps({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                                  b"coarse_label_names": [f"coarse{i}".encode()
+                                                          for i in range(20)]}, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path, arrays

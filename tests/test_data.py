@@ -72,10 +72,10 @@ def test_truncated_archive_names_the_file(tmp_path, batches):
 def test_corrupt_and_missing_batches_name_the_file(tmp_path, batches):
     folder = write_batches_dir(tmp_path / "c", batches)
     (folder / "data_batch_2").write_bytes(b"\x80\x02not a pickle at all")
-    with pytest.raises(DataError, match="corrupt CIFAR-10 batch .*data_batch_2"):
+    with pytest.raises(DataError, match="corrupt CIFAR batch .*data_batch_2"):
         data.load(str(folder))
     (folder / "data_batch_2").unlink()
-    with pytest.raises(DataError, match="missing CIFAR-10 batch file .*data_batch_2"):
+    with pytest.raises(DataError, match="missing cifar10 batch file .*data_batch_2"):
         data.load(str(folder))
 
 
