@@ -112,6 +112,13 @@ def monitor_for(devices: list, interval: float = 0.1):
     return Monitor(interval=interval, gpu_indices=None if None in indices else indices)
 
 
+def _with_classes_of(config: TrainConfig, ds) -> TrainConfig:
+    """The net's head follows the data (100 outputs for CIFAR-100)."""
+    if ds.num_classes != config.num_classes:
+        return config.replace(num_classes=ds.num_classes)
+    return config
+
+
 def time_calls(call: Callable[[], float], reps: int) -> list:
     """Seconds per call; `call` must synchronise (fetch its result) before returning."""
     out = []
@@ -237,6 +244,7 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
     from .runtime import environment
 
     ds = data_mod.load(data)
+    config = _with_classes_of(config, ds)
     batch_sizes = tuple(batch_sizes) or (config.batch_size,)
     calibration = calibrate_machine()
     sweep, calls = [], {}
@@ -297,6 +305,7 @@ def accuracy_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
 
     t0 = time.perf_counter()
     ds = data_mod.load(data, quiet=quiet)
+    config = _with_classes_of(config, ds)
     load_seconds = time.perf_counter() - t0
     if ds.name != "cifar10" and not target_declared:
         raise ConfigError(f"data {ds.name} is not CIFAR-10: declare the accuracy to reach "
@@ -364,6 +373,7 @@ def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
 
     budget = budget_epochs or config.epochs
     ds = data_mod.load(data, quiet=quiet)
+    config = _with_classes_of(config, ds)
     techniques = {name: off for name, off in FAST_TECHNIQUES.items()
                   if config.replace(**off) != config}  # only what the recipe switched on
     variants = {"all techniques": {}, **{f"without {k}": v for k, v in techniques.items()}}

@@ -274,7 +274,7 @@ def cmd_bench_accuracy(args) -> int:
         f"{metrics['final_test_acc_std']:.4f} over {args.runs} run(s); "
         f"{reached}/{args.runs} reached {cfg.target:.2%}"
         + (f"; median seconds-to-target {metrics['seconds_to_target']:.1f}"
-           if reached else ""))
+           if metrics["seconds_to_target"] is not None else ""))
     return 0
 
 
