@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from . import results
 from .config import FAST_TECHNIQUES, RuntimeConfig, TrainConfig
-from .errors import ConfigError
+from .errors import ConfigError, gist
 from .profiling import profile_steps, top_ops
 from .util import peak_rss_bytes, summarize
 
@@ -167,8 +167,7 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         if profile_dir:
             profiled = top_ops(profile_dir, profile_steps(call, profile_dir))
     except tf.errors.ResourceExhaustedError as e:
-        first = str(e).strip().splitlines()[0][:200]
-        return {"batch_size": config.batch_size, "error": f"out of memory: {first}"}, None
+        return {"batch_size": config.batch_size, "error": f"out of memory: {gist(e)}"}, None
     images_per_sec = [steps * config.batch_size / s for s in secs]
     flops_per_image = train_flops(trainer.model)
     peak = conv_peak(trainer.model, trainer.runtime.device, trainer.runtime.precision,

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, gist
 from .util import atomic_path, content_hash, physical_memory_bytes, write_text
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -159,7 +159,7 @@ def _unpickle(blob: bytes, where: str, what: str) -> dict:
         raise DataError(f"unsafe or corrupt {what} {where}: {e}; use the official "
                         f"archive") from None
     except Exception as e:  # truncated, not a pickle
-        raise DataError(f"corrupt {what} {where} ({type(e).__name__}: {_first_line(e)}); "
+        raise DataError(f"corrupt {what} {where} ({type(e).__name__}: {gist(e)}); "
                         f"re-download the archive") from None
     if not isinstance(d, dict):
         raise DataError(f"corrupt {what} {where}: not a dict of data and labels")
@@ -198,11 +198,6 @@ def _class_names_from(fmt: Format, mode: str, blob: Optional[bytes], where: str)
             isinstance(n, (bytes, str)) for n in names):
         raise DataError(f"corrupt class names in {where}: expected {count} names")
     return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
 
 
 def _read_regular(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
@@ -289,7 +284,7 @@ def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> 
     the file is the official one (its SHA-256)."""
     wanted = {m: fmt for fmt in FORMATS for m in fmt.members + ((fmt.meta,) if fmt.meta
                                                                else ())}
-    blobs, formats = {}, set()
+    blobs, formats = {}, {}
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
@@ -308,19 +303,19 @@ def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> 
                         raise DataError(f"{base} in {path} is {member.size} bytes, above the "
                                         f"{cap}-byte limit of a {fmt.name} member")
                     blobs[base] = tar.extractfile(member).read()
-                    formats.add(fmt)
+                    formats[fmt.name] = fmt
             while counted.read(1 << 20):  # to the end: gzip checks its CRC there
                 pass
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         raise DataError(f"corrupt or truncated archive {path} ({type(e).__name__}: "
-                        f"{_first_line(e)}); re-download it or pass the extracted "
+                        f"{gist(e)}); re-download it or pass the extracted "
                         f"folder") from None
     if len(formats) != 1:
         raise DataError(f"{path} holds no {BATCHES_DIR}/ or {CIFAR100.folder}/ batches: is it "
                         f"a CIFAR python archive?")
-    fmt = formats.pop()
+    fmt, = formats.values()
     missing = [m for m in fmt.members if m not in blobs]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}: re-download {fmt.archive}")
@@ -416,7 +411,7 @@ def download(fmt: Format = None, quiet: bool = False) -> Path:
         raise
     except Exception as e:
         raise DataError(f"could not download {fmt.name} from {url} ({type(e).__name__}: "
-                        f"{_first_line(e)}); {hint}") from None
+                        f"{gist(e)}); {hint}") from None
 
 
 def download_cifar10(quiet: bool = False) -> Path:

@@ -18,6 +18,8 @@ import traceback
 
 import numpy as np
 
+from .errors import gist
+
 
 def _trainer(precision, xla, width=8, batch=32, seed=0):
     from .config import RuntimeConfig, recipe
@@ -167,7 +169,7 @@ def _run(name, check, ds, resolved) -> dict:
         ok, detail = check(ds, resolved)
         status = "skipped" if ok is None else "pass" if ok else "FAIL"
     except Exception as e:  # a check that crashes is a failed check, with its reason
-        status, detail = "FAIL", f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        status, detail = "FAIL", f"{type(e).__name__}: {gist(e, 300)}"
         detail += " | " + traceback.format_exc().strip().splitlines()[-1][:200]
     return {"check": name, "status": status, "detail": detail,
             "seconds": round(time.perf_counter() - t0, 1)}

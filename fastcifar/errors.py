@@ -26,3 +26,16 @@ class TrainingDiverged(UserError):
     def __init__(self, message: str, step: int = 0, history: list = ()):
         super().__init__(message)
         self.step, self.history = step, list(history)
+
+
+def gist(error: BaseException, limit: int = 200) -> str:
+    """The one line of an exception that says what went wrong. Keras wraps a layer's error
+    in a header ("Exception encountered when calling ...") and ANSI colours; skip both."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith("Error encountered:"):
+            return lines[i + 1][:limit]
+    return lines[0][:limit] if lines else type(error).__name__

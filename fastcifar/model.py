@@ -275,7 +275,15 @@ def call_builder(builder, precision: str, num_classes: int):
         takes_classes = len(inspect.signature(builder).parameters) >= 2
     except (TypeError, ValueError):
         takes_classes = False
-    return builder(precision, num_classes) if takes_classes else builder(precision)
+    try:
+        return builder(precision, num_classes) if takes_classes else builder(precision)
+    except Exception as e:  # a layer with no kernel for this dtype fails as Keras traces it
+        from .errors import ConfigError, gist
+
+        name = getattr(builder, "__name__", "the builder")
+        raise ConfigError(f"building the model with {name}() under {precision} failed "
+                          f"({type(e).__name__}: {gist(e)}); every layer must run in the "
+                          f"policy's dtype, or be given dtype='float32'") from None
 
 
 def load_builder(spec: str):

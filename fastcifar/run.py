@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from . import cluster, distribute, results
 from .config import RuntimeConfig, TrainConfig
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, gist
 
 TRAIN_TIMING = ("seconds: data preparation (statistics, padding, upload, whitening fit), "
                 "training, and every evaluation the run made (the final one included), as "
@@ -62,6 +62,11 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
         results.check_folder(profile_dir)
     if logdir is not None:
         results.check_folder(logdir)
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--logdir needs TensorBoard, which TensorFlow no longer installs: "
+                            "pip install tensorboard")
 
     # before anything initialises TensorFlow (loading image folders decodes with it)
     strategy = distribute.make_strategy(config, runtime)
@@ -193,7 +198,7 @@ def evaluate_saved(path: str, data: str = "cifar10", batch_size: int = 1000) -> 
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # not a zip, wrong layers, a Lambda refused by safe mode
         raise UserError(f"cannot load {path} as a fastcifar model ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}); pass a file written by "
+                        f"{gist(e)}); pass a file written by "
                         f"`fastcifar train --save`") from None
     ds = data_mod.load(data)
     call = tf.function(lambda x: model(x, training=False))

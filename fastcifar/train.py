@@ -32,7 +32,7 @@ import tensorflow as tf
 from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
 from .data import Dataset, channel_stats
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, gist
 from .model import NETS, build, inference_model, standardize
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
@@ -746,7 +746,7 @@ def check_model(model, num_classes: int, precision: str, run: bool = True) -> No
         logits = model(tf.zeros([2, 32, 32, 3], dtype), training=False)
     except Exception as e:  # a layer that cannot run in this dtype, a broken graph
         raise ConfigError(f"the model does not run under {precision} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); build it "
+                          f"({type(e).__name__}: {gist(e)}); build it "
                           f"with the policy the builder receives") from None
     if not np.all(np.isfinite(np.asarray(tf.cast(logits, tf.float32)))):
         raise ConfigError(f"the model's logits on zeros are not finite under {precision}")

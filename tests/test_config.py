@@ -28,6 +28,8 @@ def _other_value(s):
         value = next(c for c in s.choices if c != s.default)
     elif s.name == "device":
         value = "/CPU:0"
+    elif s.name == "net":
+        value = "airbench94"
     elif s.name == "target":
         return 0.5, [s.flag_name, "50%"]
     elif s.type is int:

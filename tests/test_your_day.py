@@ -47,7 +47,8 @@ def tiny_resnet(policy, classes=10):
 
 def test_your_own_model_trains_on_the_fast_path_with_ema_and_tta():
     ds = data.synthetic(1024, 96, learnable=True, seed=3)
-    cfg = recipe("davidnet", epochs=2, batch_size=64, ema=0.9, tta="flip", target=None)
+    cfg = recipe("davidnet", epochs=2, batch_size=64, ema=0.9, tta="flip", target=None,
+                 lr_peak=0.05)  # no 1/8 logit scale in this net: DavidNet's lr diverges
     tr = Trainer(cfg, RT, model=tiny_resnet)
     assert tr.model.count_params() < 5000  # it is the user's net, not DavidNet
     res = tr.fit(ds)
@@ -94,7 +95,7 @@ def test_a_model_that_cannot_run_under_the_policy_is_refused():
         return keras.Model(image, keras.layers.Dense(10, dtype="float32")(
             Inverse(dtype=policy)(x)))
 
-    with pytest.raises(ConfigError, match="does not run under mixed_bfloat16") as e:
+    with pytest.raises(ConfigError, match="broken.. under mixed_bfloat16 failed") as e:
         Trainer(recipe("davidnet", batch_size=64),
                 RuntimeConfig(precision="mixed_bfloat16"), model=broken)
     assert "\n" not in str(e.value)
@@ -210,6 +211,17 @@ def test_logdir_gets_scalars_per_epoch_and_the_profile(tmp_path):
     assert scalars["test/accuracy"][1][1] == pytest.approx(r["metrics"]["final_test_acc"])
     assert scalars["train/loss"][0][1] == pytest.approx(r["history"][0]["train_loss"])
     assert list(logdir.rglob("*.xplane.pb"))  # the trace is in the same run folder
+
+
+def test_logdir_without_tensorboard_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from fastcifar.errors import UserError
+    from fastcifar.run import run_training
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    with pytest.raises(UserError, match="--logdir needs TensorBoard.*pip install tensorboard"):
+        run_training(recipe("davidnet", width=4, epochs=1), RT, "no-such-data",
+                     logdir=str(tmp_path / "tb"))  # refused before the data is looked at
+    assert not (tmp_path / "tb").exists()
 
 
 # --- where the time goes -----------------------------------------------------------------
