@@ -268,22 +268,25 @@ def build(config, precision: str) -> keras.Model:
 
 
 def call_builder(builder, precision: str, num_classes: int):
-    """A user's builder called with the policy, and the class count if it takes one."""
+    """A user's builder called with the policy, and with the class count as `classes=` or
+    `num_classes=` if it has a parameter of that name (by name: a second positional
+    parameter may mean something else)."""
     import inspect
 
     try:
-        takes_classes = len(inspect.signature(builder).parameters) >= 2
+        names = inspect.signature(builder).parameters
     except (TypeError, ValueError):
-        takes_classes = False
+        names = {}
+    kwargs = {name: num_classes for name in ("classes", "num_classes") if name in names}
     try:
-        return builder(precision, num_classes) if takes_classes else builder(precision)
-    except Exception as e:  # a layer with no kernel for this dtype fails as Keras traces it
+        return builder(precision, **kwargs)
+    except Exception as e:  # e.g. a layer with no kernel for this dtype, failing as Keras traces it
         from .errors import ConfigError, gist
 
         name = getattr(builder, "__name__", "the builder")
         raise ConfigError(f"building the model with {name}() under {precision} failed "
-                          f"({type(e).__name__}: {gist(e)}); every layer must run in the "
-                          f"policy's dtype, or be given dtype='float32'") from None
+                          f"({type(e).__name__}: {gist(e)}); a layer that cannot run in the "
+                          f"policy's dtype can be given dtype='float32'") from None
 
 
 def load_builder(spec: str):
@@ -292,12 +295,19 @@ def load_builder(spec: str):
 
     from .errors import ConfigError
 
+    from .errors import gist
+
     module_name, _, function = spec.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".") + [function]):
+        raise ConfigError(f"invalid net={spec!r}: write it as package.module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"invalid net={spec!r}: cannot import {module_name} ({e}); put it "
                           f"on PYTHONPATH") from None
+    except Exception as e:  # the user's module itself fails: a syntax error, a raise
+        raise ConfigError(f"invalid net={spec!r}: importing {module_name} failed "
+                          f"({type(e).__name__}: {gist(e)})") from None
     builder = getattr(module, function, None)
     if not callable(builder):
         raise ConfigError(f"invalid net={spec!r}: {module_name} has no function {function!r}")

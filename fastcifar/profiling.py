@@ -125,10 +125,11 @@ def top_ops_table(profile: dict) -> list:
         return [f"top ops: {profile['error']}"]
     lines = [f"where the time goes ({profile['source']}, over "
              f"{profile['profiled_seconds']:.2f} s of profiled steps):",
-             f"  {'share':>6}  {'group':<22} {'type':<26} op"]
+             f"  {'share':>6}  {'group':<22} {'type':<31} op (its end)"]
     for row in profile["top_ops"]:
-        lines.append(f"  {row['share_of_step']:>6.1%}  {row['group']:<22} {row['type']:<26} "
-                     f"{row['op'][-60:]}")
+        op = row["op"] if len(row["op"]) <= 60 else "..." + row["op"][-57:]
+        lines.append(f"  {row['share_of_step']:>6.1%}  {row['group']:<22} {row['type']:<31} "
+                     f"{op}")
     lines.append("  by group: " + ", ".join(
         f"{g} {s:.0%}" for g, s in sorted(profile["group_share_of_step"].items(),
                                           key=lambda item: -item[1])))

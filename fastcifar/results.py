@@ -114,6 +114,10 @@ def check_folder(path: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UserError(f"cannot create folder {path}: {parent} is not a folder")
+    target = path if os.path.isdir(path) else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {path}: {target} is not writable; pick another "
+                        f"folder")
 
 
 def write_json(path: str, obj: dict) -> None:

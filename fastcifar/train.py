@@ -163,9 +163,9 @@ class Trainer:
                               f"the precision policy that returns one")
         check_model(net, self.config.num_classes, self.runtime.precision,
                     run=model is not None)  # built-in nets are known to run
-        if self.config.whiten and not any(layer.name == "whiten" for layer in net.layers):
-            raise ConfigError("invalid whiten=True: the model has no layer named 'whiten' to "
-                              "fit; use --no-whiten with your own model")
+        if self.config.whiten and (model is not None or self.config.net not in NETS):
+            raise ConfigError("invalid whiten=True: the whitening layer belongs to the "
+                              "built-in nets; use --no-whiten with your own model")
         return net
 
     def _check_placement(self) -> None:
@@ -730,7 +730,11 @@ def check_model(model, num_classes: int, precision: str, run: bool = True) -> No
     `num_classes` logits per image, and (`run`) runnable under the precision policy."""
     if not isinstance(model, keras.Model):
         raise ConfigError(f"the model is a {type(model).__name__}, not a keras.Model")
-    inputs, outputs = model.inputs or [], model.outputs or []
+    try:
+        inputs, outputs = model.inputs or [], model.outputs or []
+    except (AttributeError, ValueError):  # subclassed, or a Sequential never given an Input
+        raise ConfigError(f"the model {model.name!r} has no defined input: build it on "
+                          f"keras.Input((32, 32, 3)) (functional or Sequential)") from None
     if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != (32, 32, 3):
         shapes = [tuple(i.shape) for i in inputs]
         raise ConfigError(f"the model's input is {shapes}, not one (None, 32, 32, 3) image "
@@ -738,7 +742,8 @@ def check_model(model, num_classes: int, precision: str, run: bool = True) -> No
     if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[-1] != num_classes:
         shapes = [tuple(o.shape) for o in outputs]
         raise ConfigError(f"the model's output is {shapes}, not one (None, {num_classes}) "
-                          f"batch of logits: end in Dense({num_classes}) without softmax")
+                          f"batch of logits: end in Dense({num_classes}) without softmax (a builder "
+                          f"gets the count through a parameter named classes or num_classes)")
     if not run:
         return
     try:

@@ -51,12 +51,17 @@ def test_your_own_model_trains_on_the_fast_path_with_ema_and_tta():
                  lr_peak=0.05)  # no 1/8 logit scale in this net: DavidNet's lr diverges
     tr = Trainer(cfg, RT, model=tiny_resnet)
     assert tr.model.count_params() < 5000  # it is the user's net, not DavidNet
+    start = [e.numpy().copy() for e in tr.ema_variables]
     res = tr.fit(ds)
     assert res.final_test_acc > 0.5, res.history  # chance is 0.1
-    assert tr.predict(ds.x_test[:3]).shape == (3, 10)
-    # augmentation, EMA and TTA are the trainer's: the averaged weights moved too
+    # the average moved away from the initial weights, and lags the live ones
+    assert not all(np.allclose(a, e.numpy()) for a, e in zip(start, tr.ema_variables))
     assert any(not np.allclose(e.numpy(), v.numpy())
                for e, v in zip(tr.ema_variables, tr.ema_sources()))
+    # flip TTA weighs an image and its mirror equally: mirrored input, same logits
+    x = ds.x_test[:3]
+    np.testing.assert_allclose(tr.predict(x), tr.predict(x[:, :, ::-1]), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(tr.predict(x), tr.predict(x[::-1]))  # and not a constant
 
 
 def test_your_own_model_gets_the_policy_and_runs_under_mirrored():
@@ -100,6 +105,66 @@ def test_a_model_that_cannot_run_under_the_policy_is_refused():
                 RuntimeConfig(precision="mixed_bfloat16"), model=broken)
     assert "\n" not in str(e.value)
     Trainer(recipe("davidnet", batch_size=64), RT, model=broken)  # float32: it runs
+
+
+def test_a_built_model_that_fails_when_run_is_refused():
+    class Inverse(keras.layers.Layer):
+        """Traces (its output spec is declared); fails only when run in bfloat16."""
+
+        def call(self, x):
+            m = tf.reshape(x, [-1, 3, 3]) + tf.eye(3, dtype=x.dtype)
+            return tf.reshape(tf.linalg.inv(m), [-1, 9])
+
+        def compute_output_spec(self, x):
+            return keras.KerasTensor(x.shape, dtype=self.compute_dtype)
+
+    image = keras.Input((32, 32, 3))
+    x = keras.layers.Dense(9, dtype="mixed_bfloat16")(keras.layers.Flatten()(image))
+    net = keras.Model(image, keras.layers.Dense(10, dtype="float32")(
+        Inverse(dtype="mixed_bfloat16")(x)))
+    with pytest.raises(ConfigError, match="does not run under mixed_bfloat16") as e:
+        Trainer(recipe("davidnet", batch_size=64), RuntimeConfig(precision="mixed_bfloat16"),
+                model=net)
+    assert "\n" not in str(e.value)
+
+
+def test_models_and_builders_the_trainer_cannot_use_are_one_line():
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ConfigError, match="has no defined input.*keras.Input"):
+        Trainer(recipe("davidnet", batch_size=64), RT, model=Subclassed())
+    with pytest.raises(ConfigError, match="whitening layer belongs to the built-in nets"):
+        Trainer(recipe("davidnet_tricks", batch_size=64), RT, model=tiny_resnet)
+    seen = {}
+
+    def seeded(policy, seed=0):  # a second parameter that is not the class count
+        seen["seed"] = seed
+        return tiny_resnet(policy)
+
+    Trainer(recipe("davidnet", batch_size=64), RT, model=seeded)
+    assert seen == {"seed": 0}
+    tr = Trainer(recipe("davidnet", batch_size=64, num_classes=100), RT,
+                 model=lambda policy, num_classes: tiny_resnet(policy, num_classes))
+    assert tr.model.outputs[0].shape[-1] == 100
+
+
+def test_a_builder_named_on_the_command_line_that_cannot_load_is_one_line(tmp_path,
+                                                                         monkeypatch):
+    from fastcifar.model import load_builder
+
+    (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here, says the module')\n")
+    (tmp_path / "typo.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, needle in (("raising:f", "importing raising failed (RuntimeError: no GPU here"),
+                         ("typo:f", "importing typo failed (SyntaxError"),
+                         (":f", "write it as package.module:function"),
+                         (".m:f", "write it as package.module:function"),
+                         ("no_such_module_here:f", "cannot import no_such_module_here")):
+        with pytest.raises(ConfigError) as e:
+            load_builder(spec)
+        assert needle in str(e.value) and "\n" not in str(e.value), (spec, str(e.value))
 
 
 def test_your_own_model_from_the_command_line(tmp_path):
@@ -162,6 +227,12 @@ def test_cifar100_is_downloaded_once_verified_and_trained_100_way(tmp_path, monk
     assert (cache / "cifar-100-python.tar.gz").read_bytes() == archive.read_bytes()
     with pytest.raises(DataError, match="has no 'medium' labels"):
         data.load("cifar100:medium")
+    monkeypatch.setenv("FASTCIFAR_DATA", str(cache))  # the server is gone: the cache serves
+    monkeypatch.setenv("FASTCIFAR_CIFAR100_SHA256", env["FASTCIFAR_CIFAR100_SHA256"])
+    coarse = data.load("cifar100:coarse")
+    np.testing.assert_array_equal(coarse.y_train, arrays["train"][2])
+    assert coarse.num_classes == 20 and coarse.classes[3] == "coarse3"
+    assert coarse.name.startswith("cifar100-coarse-format:")  # not the official digest
     bad = run("bench", "accuracy", "--data", "cifar100", "--width", "4", env=env)
     assert bad.returncode == 2 and "--target" in bad.stderr  # must be declared
 
@@ -209,7 +280,14 @@ def test_logdir_gets_scalars_per_epoch_and_the_profile(tmp_path):
                 "throughput/images_per_sec", "throughput/utilization_pct"):
         assert [step for step, _ in scalars[tag]] == [1, 2], tag
     assert scalars["test/accuracy"][1][1] == pytest.approx(r["metrics"]["final_test_acc"])
-    assert scalars["train/loss"][0][1] == pytest.approx(r["history"][0]["train_loss"])
+    written_as = {"train_loss": "train/loss", "train_acc": "train/accuracy",
+                  "test_loss": "test/loss", "test_acc": "test/accuracy", "lr": "learning_rate",
+                  "images_per_sec": "throughput/images_per_sec", "seconds": "time/seconds"}
+    for epoch, row in enumerate(r["history"]):
+        for key, tag in written_as.items():
+            assert scalars[tag][epoch][1] == pytest.approx(row[key], rel=1e-6), (tag, epoch)
+    utilization = [value for _, value in scalars["throughput/utilization_pct"]]
+    assert all(0 < u <= 100 * os.cpu_count() for u in utilization), utilization
     assert list(logdir.rglob("*.xplane.pb"))  # the trace is in the same run folder
 
 
@@ -237,6 +315,12 @@ def test_bench_step_profile_names_the_top_ops_by_group(tmp_path):
     assert [r["seconds"] for r in rows] == sorted((r["seconds"] for r in rows), reverse=True)
     groups = {r["group"] for r in rows}
     assert groups & {"convolution forward", "convolution backward"}, rows
+    wall = top["profiled_seconds"]
+    assert wall > 0 and all(r["share_of_step"] == pytest.approx(r["seconds"] / wall)
+                            for r in rows)
+    for group, seconds in top["groups"].items():
+        assert seconds >= sum(r["seconds"] for r in rows if r["group"] == group) - 1e-12
+        assert top["group_share_of_step"][group] == pytest.approx(seconds / wall)
     assert set(top["groups"]) >= {"convolution forward", "convolution backward", "BatchNorm",
                                   "optimizer", "data/augmentation"}
     assert "where the time goes" in out.stdout
@@ -253,10 +337,44 @@ def test_ops_are_grouped_the_way_a_person_thinks():
                  "BatchNorm",
              ("while/body/augment/GatherV2_1", "GatherV2"): "data/augmentation",
              ("while/body/optimizer/AssignSubVariableOp", "AssignSubVariableOp"): "optimizer",
+             # by the trainer's name scopes, whatever the op's type
+             ("while/body/augment/Mul_2", "Mul"): "data/augmentation",
+             ("augment/SelectV2", "SelectV2"): "data/augmentation",
+             ("while/body/optimizer/Mul_3", "Mul"): "optimizer",
+             ("while/body/model/augmented_conv/Mul", "Mul"): "elementwise",  # not a scope
              ("while/body/model/layer1_relu/Relu", "Relu"): "elementwise",
              ("while/body/model/pool/MaxPool", "MaxPool"): "pooling"}
     for (name, op_type), group in cases.items():
         assert group_of(name, op_type) == group, (name, op_type)
+
+
+def test_top_ops_reads_a_trace_it_did_not_write(tmp_path):
+    """A hand-made trace: two TensorFlow threads, known durations; bookkeeping ignored."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from fastcifar.profiling import top_ops
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = {1: "model/conv/Conv2D:Conv2D", 2: "augment/Mul:Mul",
+             3: "model/bn/FusedBatchNormV3:FusedBatchNormV3", 4: "w:ReadVariableOp",
+             5: "ExecutorState::Process"}
+    for key, name in names.items():
+        plane.event_metadata[key].id, plane.event_metadata[key].name = key, name
+    for thread, events in (("tf_Compute/1", ((1, 0.5), (2, 0.25), (4, 9.0))),
+                           ("tf_Compute/2", ((1, 0.25), (3, 0.125), (5, 9.0))),
+                           ("other thread", ((1, 9.0),))):
+        line = plane.lines.add(name=thread)
+        for key, seconds in events:
+            line.events.add(metadata_id=key, duration_ps=int(seconds * 1e12))
+    (tmp_path / "host.xplane.pb").write_bytes(space.SerializeToString())
+    top = top_ops(str(tmp_path), profiled_seconds=2.0)
+    assert [(r["type"], r["group"], r["seconds"], r["share_of_step"]) for r in top["top_ops"]] \
+        == [("Conv2D", "convolution forward", 0.75, 0.375),
+            ("Mul", "data/augmentation", 0.25, 0.125),
+            ("FusedBatchNormV3", "BatchNorm", 0.125, 0.0625)]
+    assert top["groups"] == {"convolution forward": 0.75, "data/augmentation": 0.25,
+                             "BatchNorm": 0.125}
 
 
 # --- the CI recipe -----------------------------------------------------------------------
@@ -266,28 +384,40 @@ def test_the_ci_workflow_commands_gate_two_real_results(tmp_path):
 
     workflow = yaml.safe_load((ROOT / "examples" / "benchmark-gate.yml").read_text())
     steps = {s.get("name"): s for s in workflow["jobs"]["benchmark"]["steps"]}
-    bench_line = next(line for line in steps["benchmark"]["run"].splitlines()
-                      if line.startswith(".venv/bin/fastcifar bench step"))
+    from fastcifar import cli
+
+    args = cli.build_parser().parse_args(
+        ["bench", "step"] + steps["benchmark"]["env"]["BENCH_ARGS"].split())
+    assert args.width == 32 and args.reps == 7  # the workflow's own arguments parse
+    bench_lines = [line for line in steps["benchmark"]["run"].splitlines()
+                   if "fastcifar bench step" in line]  # base, then candidate
+    assert len(bench_lines) == 2
     gate = steps["gate"]["run"]
-    shim = tmp_path / ".venv" / "bin" / "fastcifar"  # the workflow's installed command
-    shim.parent.mkdir(parents=True)
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m fastcifar.cli \"$@\"\n")
-    shim.chmod(0o755)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+    workspace, base = tmp_path / "ws", tmp_path / "base"
+    for folder in (workspace, base):  # each checkout's installed command
+        shim = folder / ".venv" / "bin" / "fastcifar"
+        shim.parent.mkdir(parents=True)
+        shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m fastcifar.cli \"$@\"\n")
+        shim.chmod(0o755)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GITHUB_WORKSPACE=str(workspace),
                BENCH_ARGS="--width 4 --batch-size 32 --steps 2 --reps 3 --data synthetic:256")
-    bench = subprocess.run(["bash", "-ec", bench_line], cwd=tmp_path, env=env,
+    bench = subprocess.run(["bash", "-ec", "\n".join(bench_lines)], cwd=workspace, env=env,
                            capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr[-3000:]
-    candidate = json.loads((tmp_path / "candidate.json").read_text())
-    (tmp_path / "base.json").write_text(json.dumps(candidate))
-    same = subprocess.run(["bash", "-ec", gate], cwd=tmp_path, env=env, capture_output=True,
+    base_result = json.loads((workspace / "base.json").read_text())
+    candidate = json.loads((workspace / "candidate.json").read_text())
+    assert base_result["metrics"]["images_per_sec"] > 0  # two real runs, two results
+    assert candidate["metrics"]["step_ms"] != base_result["metrics"]["step_ms"]
+    (workspace / "candidate.json").write_text(json.dumps(base_result))
+    same = subprocess.run(["bash", "-ec", gate], cwd=workspace, env=env, capture_output=True,
                           text=True, timeout=300)
     assert same.returncode == 0, same.stdout + same.stderr
+    candidate = json.loads(json.dumps(base_result))
     m = candidate["metrics"]  # now a candidate at half the speed, outside the noise
     m["images_per_sec"] /= 2
     m["images_per_sec_spread"] = {k: v / 2 for k, v in m["images_per_sec_spread"].items()}
     m["step_ms"] = {k: v * 2 for k, v in m["step_ms"].items()}
-    (tmp_path / "candidate.json").write_text(json.dumps(candidate))
-    slow = subprocess.run(["bash", "-ec", gate], cwd=tmp_path, env=env, capture_output=True,
+    (workspace / "candidate.json").write_text(json.dumps(candidate))
+    slow = subprocess.run(["bash", "-ec", gate], cwd=workspace, env=env, capture_output=True,
                           text=True, timeout=300)
     assert slow.returncode == 1 and "REGRESSION" in slow.stdout, slow.stdout + slow.stderr
