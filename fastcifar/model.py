@@ -8,6 +8,7 @@ Keras' global policy.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 
@@ -99,6 +100,51 @@ class BatchNorm(layers.BatchNormalization):
 
 
 ACTIVATIONS = ("relu", "celu", "gelu")
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@tf.function(jit_compile=True)
+def _gelu_forward(x):
+    xf = tf.cast(x, tf.float32)
+    return tf.cast(0.5 * xf * tf.math.erfc(-xf * _SQRT_HALF), x.dtype)
+
+
+@tf.function(jit_compile=True)
+def _gelu_backward(x, dy):
+    xf = tf.cast(x, tf.float32)
+    slope = 0.5 * tf.math.erfc(-xf * _SQRT_HALF) + xf * _INV_SQRT_2PI * tf.exp(-0.5 * xf * xf)
+    return tf.cast(tf.cast(dy, tf.float32) * slope, x.dtype)
+
+
+@tf.custom_gradient
+def fused_gelu(x):
+    """Exact GELU, x * Phi(x), forward and backward each one fused loop. Unfused, exact
+    GELU is six elementwise passes over the activation forward and backward (erfc, exp,
+    products), each reading and writing memory: 22% of an airbench94 step on a CPU. Each
+    half is a small XLA cluster of elementwise ops only (XLA never sees a convolution, so
+    oneDNN keeps those), computed in float32 and rounded once."""
+    return _gelu_forward(x), lambda dy: _gelu_backward(x, dy)
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class GELU(layers.Layer):
+    """keras.activations.gelu (exact, approximate=False), computed by `fused_gelu`."""
+
+    def call(self, x):
+        return fused_gelu(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def activation_layer(activation: str, dtype, name: str) -> layers.Layer:
+    """The activation after a BatchNorm: ReLU, CELU, or the fused exact GELU."""
+    if activation == "relu":
+        return layers.ReLU(dtype=dtype, name=name)
+    if activation == "gelu":
+        return GELU(dtype=dtype, name=name)
+    return layers.Activation(activation, dtype=dtype, name=name)
 WHITEN_CHANNELS = 27  # 3x3 patches of 3 channels
 
 
@@ -112,9 +158,7 @@ def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_s
     # frozen scale: gamma fixed at 1 (the "bag of tricks" BatchNorm); beta still learns
     x = BatchNorm(momentum=0.9, epsilon=1e-5, scale=not frozen_scale, dtype=dtype,
                   synchronized=sync_bn, name=f"{name}_bn")(x)
-    if activation == "relu":
-        return layers.ReLU(dtype=dtype, name=f"{name}_relu")(x)
-    return layers.Activation(activation, dtype=dtype, name=f"{name}_{activation}")(x)
+    return activation_layer(activation, dtype, f"{name}_{activation}")(x)
 
 
 def davidnet(width: int = 64, dropout: float = 0.0, precision: str = "float32",
@@ -214,8 +258,7 @@ def airbench94(width: int = 64, dropout: float = 0.0, precision: str = "float32"
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     dtype = keras.DTypePolicy(precision)
     seeds = iter(range(seed * 1000, seed * 1000 + 1000))
-    act = lambda x, name: (layers.ReLU(dtype=dtype, name=name)(x) if activation == "relu"
-                           else layers.Activation(activation, dtype=dtype, name=name)(x))
+    act = lambda x, name: activation_layer(activation, dtype, name)(x)
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Conv2D(AIRBENCH_WHITEN_CHANNELS, 2, padding="valid", use_bias=not whiten,
                       trainable=not whiten, kernel_initializer=torch_uniform(next(seeds)),

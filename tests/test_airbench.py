@@ -184,3 +184,63 @@ def test_bench_ablate_switches_off_each_airbench_technique(tmp_path):
     on = [k for k in FAST_TECHNIQUES if k != "ema"]  # airbench has no EMA
     assert names == ["all techniques"] + [f"without {k}" for k in on]
     assert "without lookahead" in out.stdout
+
+
+def test_the_fused_gelu_is_exact_gelu_forward_and_backward():
+    """Against x * Phi(x) and its derivative Phi(x) + x * phi(x), written out in float64."""
+    import math
+
+    from fastcifar.model import GELU
+
+    x = np.linspace(-6, 6, 241)
+    phi = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    want_y, want_dy = x * cdf, cdf + x * phi
+    for dtype, tol in (("float32", 1e-6), ("mixed_bfloat16", 2 ** -7)):
+        layer = GELU(dtype=dtype)
+        xt = tf.constant(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt)
+        dy = tape.gradient(y, xt)
+        assert y.dtype == (tf.bfloat16 if dtype == "mixed_bfloat16" else tf.float32)
+        np.testing.assert_allclose(np.asarray(tf.cast(y, tf.float64)), want_y,
+                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.asarray(tf.cast(dy, tf.float64)), want_dy,
+                                   rtol=tol, atol=tol)
+
+
+def test_the_fused_gelu_net_computes_the_loss_of_keras_gelu(data):
+    """The same airbench94 weights and batch with three GELUs: the fused one, Keras' own
+    (float32) and Keras' own in float64. The fused net is as close to the float64 one as
+    Keras' float32 GELU is (BatchNorm's backward amplifies float32 rounding in a few
+    deep gradients to ~1e-2 for both), so the speed-up changes nothing computed."""
+    import keras
+
+    from fastcifar.model import GELU
+    from fastcifar.train import cross_entropy
+
+    keras_gelu = {
+        "keras": lambda x: keras.activations.gelu(x, approximate=False),
+        "float64": lambda x: tf.cast(keras.activations.gelu(tf.cast(x, tf.float64),
+                                                            approximate=False), x.dtype)}
+    x = tf.cast(data.x_train[:16], tf.float32) / 255.0 - 0.5
+    y = tf.constant(data.y_train[:16])
+    loss, grads = {}, {}
+    for kind in ("fused", "keras", "float64"):
+        net = airbench94(width=8, precision="float32", seed=1)
+        swapped = [layer for layer in net.layers if isinstance(layer, GELU)]
+        assert len(swapped) == 7  # after the whitening conv, and twice in each group
+        for layer in swapped if kind != "fused" else []:
+            layer.call = keras_gelu[kind]
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(cross_entropy(y, net(x, training=True)))
+        loss[kind] = float(total)
+        grads[kind] = [g.numpy() for g in tape.gradient(total, net.trainable_variables)]
+
+    def distance(a, b):
+        return [np.linalg.norm(p - q) / np.linalg.norm(q) for p, q in zip(grads[a], grads[b])]
+
+    assert loss["fused"] == pytest.approx(loss["float64"], rel=1e-5)
+    for fused, keras_f32 in zip(distance("fused", "float64"), distance("keras", "float64")):
+        assert fused <= max(3 * keras_f32, 1e-4), (fused, keras_f32)
