@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import time
 from typing import Callable
 
@@ -82,6 +83,8 @@ def _op_times(space) -> tuple:
             for event in line.events:
                 full = plane.event_metadata[event.metadata_id].name
                 name, sep, op_type = full.rpartition(":")
+                if re.fullmatch(r"\w*fusion(\.\d+)?", full):  # a kernel XLA generated
+                    name, sep, op_type = full, ":", "XlaFusion"
                 if not sep or "::" in full or not op_type.isidentifier() \
                         or op_type in ("ReadVariableOp", "Identity", "NoOp"):
                     continue  # executor bookkeeping, not an op

@@ -358,11 +358,13 @@ def test_top_ops_reads_a_trace_it_did_not_write(tmp_path):
     plane = space.planes.add(name="/host:CPU")
     names = {1: "model/conv/Conv2D:Conv2D", 2: "augment/Mul:Mul",
              3: "model/bn/FusedBatchNormV3:FusedBatchNormV3", 4: "w:ReadVariableOp",
-             5: "ExecutorState::Process"}
+             5: "ExecutorState::Process", 6: "multiply_convert_fusion.1",
+             7: "ExecuteAsyncOnStream"}
     for key, name in names.items():
         plane.event_metadata[key].id, plane.event_metadata[key].name = key, name
     for thread, events in (("tf_Compute/1", ((1, 0.5), (2, 0.25), (4, 9.0))),
-                           ("tf_Compute/2", ((1, 0.25), (3, 0.125), (5, 9.0))),
+                           ("tf_Compute/2", ((1, 0.25), (3, 0.125), (5, 9.0), (6, 0.0625),
+                                             (7, 9.0))),
                            ("other thread", ((1, 9.0),))):
         line = plane.lines.add(name=thread)
         for key, seconds in events:
@@ -372,9 +374,10 @@ def test_top_ops_reads_a_trace_it_did_not_write(tmp_path):
     assert [(r["type"], r["group"], r["seconds"], r["share_of_step"]) for r in top["top_ops"]] \
         == [("Conv2D", "convolution forward", 0.75, 0.375),
             ("Mul", "data/augmentation", 0.25, 0.125),
-            ("FusedBatchNormV3", "BatchNorm", 0.125, 0.0625)]
+            ("FusedBatchNormV3", "BatchNorm", 0.125, 0.0625),
+            ("XlaFusion", "elementwise", 0.0625, 0.03125)]  # a kernel XLA generated
     assert top["groups"] == {"convolution forward": 0.75, "data/augmentation": 0.25,
-                             "BatchNorm": 0.125}
+                             "BatchNorm": 0.125, "elementwise": 0.0625}
 
 
 # --- the CI recipe -----------------------------------------------------------------------
