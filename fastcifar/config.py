@@ -254,6 +254,10 @@ class RuntimeConfig(_Settings):
     data_layout: str = setting("auto", "training set on the device as uint8 (normalised "
                                "in the step) or pre-normalised in the compute dtype",
                                choices=("auto", "uint8", "compute"))
+    conv_grad: str = setting("auto", "3x3 filter gradients on feature maps of 8x8 or less: "
+                             "library (oneDNN/cuDNN's kernel) or matmul (nine matrix "
+                             "products; faster on CPU); auto: matmul on CPU, library on GPU",
+                             choices=("auto", "library", "matmul"))
     eval_batch_size: int = setting(1000, "test images per evaluation batch", low=1)
     eval_every: int = setting(1, "evaluate every N epochs (0 = only after the last); "
                               "every evaluation counts in the clock", low=0)

@@ -145,14 +145,80 @@ def activation_layer(activation: str, dtype, name: str) -> layers.Layer:
     if activation == "gelu":
         return GELU(dtype=dtype, name=name)
     return layers.Activation(activation, dtype=dtype, name=name)
+# Measured on the development CPU (README, "How it is fast"): below this many pixels a
+# 3x3 filter gradient is faster as nine matrix products than oneDNN's kernel (7x7: 1.3x,
+# 3x3: 2.2x); at 15x15 and above the library is faster.
+MATMUL_FILTER_GRAD_MAX_PIXELS = 64
+
+
+def filter_grad_by_matmuls(x, dy, ksize: int):
+    """The filter gradient of a stride-1 SAME convolution: tap (i, j) of the kernel is
+    (x shifted by (i, j))^T dy, one matrix product over every example and position."""
+    h, w, cin, cout = x.shape[1], x.shape[2], x.shape[3], dy.shape[3]
+    pad = ksize // 2
+    xp = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = tf.reshape(dy, [-1, cout])
+    taps = [tf.matmul(tf.reshape(xp[:, i:i + h, j:j + w, :], [-1, cin]), rows,
+                      transpose_a=True)
+            for i in range(ksize) for j in range(ksize)]
+    return tf.reshape(tf.stack(taps), [ksize, ksize, cin, cout])
+
+
+def _conv_with_matmul_filter_grad(x, kernel):
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
+                                                out_backprop=dy, strides=[1, 1, 1, 1],
+                                                padding="SAME")
+            return dx, tf.cast(filter_grad_by_matmuls(x, dy, kernel.shape[0]), kernel.dtype)
+        return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+    # read a float32 variable here: inside, TensorFlow would treat it as a captured variable
+    return conv(x, tf.convert_to_tensor(kernel))
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class Conv2D(layers.Conv2D):
+    """keras Conv2D whose filter gradient, on small feature maps and when the runtime asks
+    (`matmul_filter_grad`, set by the trainer: runtime `conv_grad`), is computed by
+    `filter_grad_by_matmuls`. The same sum, in another order; the forward pass and the
+    input gradient are the library's. Not saved with the model: a runtime choice."""
+
+    matmul_filter_grad = False
+
+    def _matmul_applies(self, inputs) -> bool:
+        k = self.kernel_size
+        return (self.matmul_filter_grad and self.padding == "same"
+                and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
+                and self.groups == 1 and self.data_format == "channels_last"
+                and k[0] == k[1] and k[0] % 2 == 1 and None not in inputs.shape[1:3]
+                and inputs.shape[1] * inputs.shape[2] <= MATMUL_FILTER_GRAD_MAX_PIXELS)
+
+    def convolution_op(self, inputs, kernel):
+        if keras.backend.backend() == "tensorflow" and self._matmul_applies(inputs):
+            return _conv_with_matmul_filter_grad(inputs, kernel)
+        return super().convolution_op(inputs, kernel)
+
+
+def use_matmul_filter_grad(model: keras.Model, enabled: bool) -> int:
+    """Switch the filter gradient of the model's fastcifar Conv2D layers (before the step
+    is traced); returns how many layers it applies to at their input sizes."""
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            layer.matmul_filter_grad = enabled
+            count += int(layer._matmul_applies(layer.input))
+    return count
+
+
 WHITEN_CHANNELS = 27  # 3x3 patches of 3 channels
 
 
 def _conv_bn(x, filters, dropout, dtype, seed, name, activation="relu", frozen_scale=False,
              kernel_size=3, sync_bn=False):
-    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
-                      kernel_initializer=torch_uniform(seed), dtype=dtype,
-                      name=f"{name}_conv")(x)
+    x = Conv2D(filters, kernel_size, padding="same", use_bias=False,
+               kernel_initializer=torch_uniform(seed), dtype=dtype,
+               name=f"{name}_conv")(x)
     if dropout:
         x = layers.Dropout(dropout, seed=seed, dtype=dtype, name=f"{name}_drop")(x)
     # frozen scale: gamma fixed at 1 (the "bag of tricks" BatchNorm); beta still learns
@@ -273,16 +339,16 @@ def airbench94(width: int = 64, dropout: float = 0.0, precision: str = "float32"
 
     for i, filters in enumerate((width, 4 * width, 4 * width), start=1):
         name = f"group{i}"
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                          kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
-                          name=f"{name}_conv1")(x)
+        x = Conv2D(filters, 3, padding="same", use_bias=False,
+                   kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
+                   name=f"{name}_conv1")(x)
         x = layers.MaxPooling2D(2, dtype=dtype, name=f"{name}_pool")(x)
         x = act(bn(x, f"{name}_bn1"), f"{name}_act1")
         if dropout:
             x = layers.Dropout(dropout, seed=next(seeds), dtype=dtype, name=f"{name}_drop")(x)
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                          kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
-                          name=f"{name}_conv2")(x)
+        x = Conv2D(filters, 3, padding="same", use_bias=False,
+                   kernel_initializer=DiracUniform(next(seeds)), dtype=dtype,
+                   name=f"{name}_conv2")(x)
         x = act(bn(x, f"{name}_bn2"), f"{name}_act2")
     x = layers.MaxPooling2D(3, dtype=dtype, name="pool")(x)
     x = layers.Flatten(dtype=dtype, name="flatten")(x)

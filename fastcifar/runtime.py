@@ -26,12 +26,13 @@ class ResolvedRuntime:
     data_layout: str     # "uint8" or "compute"
     deterministic: bool
     why: str             # why `auto` chose as it did
+    conv_grad: str = "library"  # "library" or "matmul" (small-map filter gradients)
 
     def to_dict(self) -> dict:
         return {"device": self.device, "device_kind": self.device_kind,
                 "device_name": self.device_name, "precision": self.precision, "xla": self.xla,
                 "data_layout": self.data_layout, "deterministic": self.deterministic,
-                "replicas": 1, "why": self.why}
+                "conv_grad": self.conv_grad, "replicas": 1, "why": self.why}
 
 
 def import_tensorflow_quietly() -> None:
@@ -104,8 +105,12 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
     # Measured (README): on CPU the uint8 set + normalise-in-step is as fast as a
     # pre-normalised copy and needs half the memory; on GPU the cast is free too.
     layout = "uint8" if config.data_layout == "auto" else config.data_layout
+    # Measured (README): oneDNN's filter gradient is slow on small maps, cuDNN's is not
+    # known to be; the matmul form is the same sum
+    conv_grad = (("matmul" if kind == "CPU" else "library") if config.conv_grad == "auto"
+                 else config.conv_grad)
     return ResolvedRuntime(device, kind, name, precision, xla, layout, config.deterministic,
-                           why)
+                           why, conv_grad)
 
 
 def apply_determinism(enabled: bool) -> None:

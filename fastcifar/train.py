@@ -33,7 +33,7 @@ from . import augment, distribute
 from .config import RuntimeConfig, TrainConfig
 from .data import Dataset, channel_stats
 from .errors import ConfigError, TrainingDiverged, gist
-from .model import NETS, build, inference_model, standardize
+from .model import NETS, build, inference_model, standardize, use_matmul_filter_grad
 from .optim import TutorialNesterov, l2_penalty, lr_tensor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
 from .util import atomic_path
@@ -163,6 +163,7 @@ class Trainer:
                               f"the precision policy that returns one")
         check_model(net, self.config.num_classes, self.runtime.precision,
                     run=model is not None)  # built-in nets are known to run
+        use_matmul_filter_grad(net, self.runtime.conv_grad == "matmul")
         if self.config.whiten and (model is not None or self.config.net not in NETS):
             raise ConfigError("invalid whiten=True: the whitening layer belongs to the "
                               "built-in nets; use --no-whiten with your own model")

@@ -1,0 +1,107 @@
+"""Filter gradients of small feature maps as nine matrix products (runtime `conv_grad`):
+the same sum as the library's kernel, checked against the sum written out by hand."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fastcifar.config import RuntimeConfig, recipe
+from fastcifar.data import synthetic
+from fastcifar.model import (Conv2D, airbench94, davidnet, filter_grad_by_matmuls,
+                             use_matmul_filter_grad)
+from fastcifar.runtime import resolve
+from fastcifar.train import Trainer
+
+
+def test_the_filter_gradient_is_the_sum_over_examples_and_positions_by_hand():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 4, 3))
+    dy = rng.standard_normal((2, 5, 4, 6))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # SAME padding of a 3x3 kernel
+    by_hand = np.zeros((3, 3, 3, 6))
+    for i in range(3):
+        for j in range(3):
+            for n in range(2):
+                for h in range(5):
+                    for w in range(4):
+                        by_hand[i, j] += np.outer(xp[n, h + i, w + j], dy[n, h, w])
+    got = filter_grad_by_matmuls(tf.constant(x), tf.constant(dy), 3).numpy()
+    np.testing.assert_allclose(got, by_hand, rtol=1e-12, atol=1e-12)
+
+    # which tap is which: x = 1 at (row 0, col 0, channel 0), dy = 1 at (row 1, col 1,
+    # channel 2): output (1, 1) sees input (0, 0) through the top-left tap only
+    x1, dy1 = np.zeros((1, 3, 3, 2)), np.zeros((1, 3, 3, 4))
+    x1[0, 0, 0, 0] = dy1[0, 1, 1, 2] = 1.0
+    expected = np.zeros((3, 3, 2, 4))
+    expected[0, 0, 0, 2] = 1.0
+    got1 = filter_grad_by_matmuls(tf.constant(x1), tf.constant(dy1), 3).numpy()
+    np.testing.assert_array_equal(got1, expected)
+
+
+def test_the_layer_computes_what_keras_conv2d_computes():
+    """Forward and input gradient are the library's; the filter gradient the same sum."""
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.standard_normal((3, 6, 6, 5)), tf.float32)  # 36 pixels: applies
+    results = {}
+    for matmul in (False, True):
+        layer = Conv2D(7, 3, padding="same", use_bias=False)
+        layer.build(x.shape)
+        layer.kernel.assign(np.random.default_rng(2).standard_normal((3, 3, 5, 7)))
+        layer.matmul_filter_grad = matmul
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        dx, dk = tape.gradient(loss, [x, layer.kernel])
+        results[matmul] = (y.numpy(), dx.numpy(), dk.numpy())
+        assert layer._matmul_applies(x) == matmul
+    (y0, dx0, dk0), (y1, dx1, dk1) = results[False], results[True]
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(dx1, dx0)
+    np.testing.assert_allclose(dk1, dk0, rtol=1e-5, atol=1e-4)
+    assert np.abs(dk0).max() > 1.0  # a real gradient, not zeros on both sides
+
+
+def test_it_applies_to_the_maps_of_8x8_and_less_in_each_net():
+    # airbench94 conv inputs: 31, 15, 15, 7, 7, 3 -> the last three;
+    # DavidNet: 32, 32, 16, 16, 16, 8, 4, 4 -> layer3 and its two residual convs
+    for net, small in ((airbench94(8), {"group2_conv2", "group3_conv1", "group3_conv2"}),
+                       (davidnet(8), {"layer3_conv", "layer3_res1_conv", "layer3_res2_conv"})):
+        assert use_matmul_filter_grad(net, True) == 3
+        on = {l.name for l in net.layers if getattr(l, "matmul_filter_grad", False)
+              and l._matmul_applies(l.input)}
+        assert on == small, on
+        assert use_matmul_filter_grad(net, False) == 0
+        assert not any(getattr(l, "matmul_filter_grad", False) for l in net.layers)
+
+
+def test_auto_picks_matmul_on_cpu_and_the_trainer_applies_the_choice():
+    assert resolve(RuntimeConfig()).conv_grad == "matmul"  # these test machines are CPUs
+    assert resolve(RuntimeConfig(conv_grad="library")).conv_grad == "library"
+    for choice, expected in (("library", False), ("matmul", True)):
+        t = Trainer(recipe("airbench94", width=4, batch_size=32),
+                    RuntimeConfig(precision="float32", conv_grad=choice))
+        assert t.model.get_layer("group3_conv2").matmul_filter_grad is expected
+        assert t.describe_runtime()["conv_grad"] == choice
+
+
+@pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
+def test_training_steps_move_the_weights_as_the_library_gradient_does(precision, tol):
+    ds = synthetic(256, 64, learnable=True, seed=3)
+    moved = {}
+    for choice in ("library", "matmul"):
+        t = Trainer(recipe("airbench94", width=4, batch_size=64),
+                    RuntimeConfig(precision=precision, steps_per_call=3, conv_grad=choice))
+        data = t.prepare(ds)
+        start = [v.numpy() for v in t.model.trainable_variables]
+        loss = float(t.train_steps(data, 3)[0].numpy())
+        moved[choice] = (loss, [v.numpy() - s for v, s in
+                                zip(t.model.trainable_variables, start)])
+    (loss0, d0), (loss1, d1) = moved["library"], moved["matmul"]
+    assert loss1 == pytest.approx(loss0, rel=tol)
+    names = [v.path for v in t.model.trainable_variables]
+    for name, a, b in zip(names, d0, d1):
+        if "group3_conv" in name or "group2_conv2" in name:
+            assert np.linalg.norm(a) > 0, name
+        rel = np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12)
+        assert rel < tol, (name, rel)
