@@ -1,8 +1,10 @@
-"""DavidNet (ResNet-9) as the tutorial defines it, in the Keras Functional API.
+"""The nets, in the Keras Functional API: DavidNet (ResNet-9) as the tutorial defines it,
+and airbench94.
 
-Only built-in Keras parts plus one registered layer (a fused BatchNorm), so a model saves to
-`.keras` and loads back without `safe_mode=False`. The dtype policy is passed per layer: building a model never touches
-Keras' global policy.
+Only built-in Keras parts plus registered layers (fused BatchNorm and GELU, a Conv2D with a
+CPU-friendly filter gradient, TTA views), so a model saves to `.keras` and loads back
+without `safe_mode=False`. The dtype policy is passed per layer: building a model never
+touches Keras' global policy.
 """
 
 from __future__ import annotations
@@ -145,16 +147,16 @@ def activation_layer(activation: str, dtype, name: str) -> layers.Layer:
     if activation == "gelu":
         return GELU(dtype=dtype, name=name)
     return layers.Activation(activation, dtype=dtype, name=name)
-# Measured on the development CPU (README, "How it is fast"): below this many pixels a
-# 3x3 filter gradient is faster as nine matrix products than oneDNN's kernel (7x7: 1.3x,
-# 3x3: 2.2x); at 15x15 and above the library is faster.
+# Measured on the development CPU (README, "How it is fast"; benchmarks/filter_grad.py):
+# on maps of at most this many pixels a 3x3 filter gradient is faster as nine matrix
+# products than oneDNN's kernel; at 15x15 and above the library is faster.
 MATMUL_FILTER_GRAD_MAX_PIXELS = 64
 
 
 def filter_grad_by_matmuls(x, dy, ksize: int):
     """The filter gradient of a stride-1 SAME convolution: tap (i, j) of the kernel is
     (x shifted by (i, j))^T dy, one matrix product over every example and position."""
-    h, w, cin, cout = x.shape[1], x.shape[2], x.shape[3], dy.shape[3]
+    h, w, cin, cout = x.shape[1], x.shape[2], x.shape[3], dy.shape[-1]
     pad = ksize // 2
     xp = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     rows = tf.reshape(dy, [-1, cout])
@@ -168,19 +170,24 @@ def _conv_with_matmul_filter_grad(x, kernel):
     @tf.custom_gradient
     def conv(x, kernel):
         def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
-                                                out_backprop=dy, strides=[1, 1, 1, 1],
-                                                padding="SAME")
-            return dx, tf.cast(filter_grad_by_matmuls(x, dy, kernel.shape[0]), kernel.dtype)
+            # named, so a profile still counts these ops as convolution backward
+            with tf.name_scope("conv_filter_grad"):
+                dy = tf.ensure_shape(dy, x.shape[:3] + kernel.shape[3:])
+                dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel,
+                                                    out_backprop=dy, strides=[1, 1, 1, 1],
+                                                    padding="SAME")
+                dk = filter_grad_by_matmuls(x, dy, kernel.shape[0])
+            return dx, tf.cast(dk, kernel.dtype)
         return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
-    # read a float32 variable here: inside, TensorFlow would treat it as a captured variable
+    # a tensor, not the variable (float32 policies pass the variable itself): inside,
+    # custom_gradient would treat it as a captured variable
     return conv(x, tf.convert_to_tensor(kernel))
 
 
 @keras.saving.register_keras_serializable(package="fastcifar")
 class Conv2D(layers.Conv2D):
-    """keras Conv2D whose filter gradient, on small feature maps and when the runtime asks
-    (`matmul_filter_grad`, set by the trainer: runtime `conv_grad`), is computed by
+    """keras Conv2D whose 3x3 filter gradient, on small feature maps and when the runtime
+    asks (`matmul_filter_grad`, set by the trainer: runtime `conv_grad`), is computed by
     `filter_grad_by_matmuls`. The same sum, in another order; the forward pass and the
     input gradient are the library's. Not saved with the model: a runtime choice."""
 
@@ -191,7 +198,7 @@ class Conv2D(layers.Conv2D):
         return (self.matmul_filter_grad and self.padding == "same"
                 and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
                 and self.groups == 1 and self.data_format == "channels_last"
-                and k[0] == k[1] and k[0] % 2 == 1 and None not in inputs.shape[1:3]
+                and tuple(k) == (3, 3) and None not in inputs.shape[1:3]
                 and inputs.shape[1] * inputs.shape[2] <= MATMUL_FILTER_GRAD_MAX_PIXELS)
 
     def convolution_op(self, inputs, kernel):
@@ -201,10 +208,10 @@ class Conv2D(layers.Conv2D):
 
 
 def use_matmul_filter_grad(model: keras.Model, enabled: bool) -> int:
-    """Switch the filter gradient of the model's fastcifar Conv2D layers (before the step
-    is traced); returns how many layers it applies to at their input sizes."""
+    """Switch the filter gradient of the model's fastcifar Conv2D layers, nested ones too
+    (before the step is traced); returns how many layers it applies to at their sizes."""
     count = 0
-    for layer in model.layers:
+    for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, Conv2D):
             layer.matmul_filter_grad = enabled
             count += int(layer._matmul_applies(layer.input))

@@ -16,7 +16,8 @@ import time
 from typing import Callable
 
 # name scopes the trainer opens, so their ops can be told apart from the net's
-SCOPE_GROUPS = (("augment", "data/augmentation"), ("optimizer", "optimizer"))
+SCOPE_GROUPS = (("augment", "data/augmentation"), ("optimizer", "optimizer"),
+                ("conv_filter_grad", "convolution backward"))
 # op type -> group, the first rule that matches (oneDNN names: _MklNativeConv2D...)
 TYPE_GROUPS = (
     (lambda t: "Conv" in t and "Backprop" in t, "convolution backward"),

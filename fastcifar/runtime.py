@@ -163,7 +163,8 @@ def describe_machine() -> str:
     lines += ["devices:"] + [f"  {device.name} ({device.device_type})"
                              for device in tf.config.list_physical_devices()]
     lines += [f"auto picks: {resolved.precision}, XLA {'on' if resolved.xla else 'off'}, "
-              f"data layout {resolved.data_layout}, on {resolved.device} "
+              f"data layout {resolved.data_layout}, small-map filter gradients by "
+              f"{resolved.conv_grad}, on {resolved.device} "
               f"({resolved.device_name})", f"  why: {resolved.why}"]
     return "\n".join(lines)
 

@@ -163,7 +163,9 @@ class Trainer:
                               f"the precision policy that returns one")
         check_model(net, self.config.num_classes, self.runtime.precision,
                     run=model is not None)  # built-in nets are known to run
-        use_matmul_filter_grad(net, self.runtime.conv_grad == "matmul")
+        if not use_matmul_filter_grad(net, self.runtime.conv_grad == "matmul"):
+            # nothing it applies to (e.g. a user's keras Conv2D layers): say so in results
+            self.runtime = dataclasses.replace(self.runtime, conv_grad="library")
         if self.config.whiten and (model is not None or self.config.net not in NETS):
             raise ConfigError("invalid whiten=True: the whitening layer belongs to the "
                               "built-in nets; use --no-whiten with your own model")

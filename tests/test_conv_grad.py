@@ -1,6 +1,7 @@
 """Filter gradients of small feature maps as nine matrix products (runtime `conv_grad`):
 the same sum as the library's kernel, checked against the sum written out by hand."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -39,7 +40,8 @@ def test_the_filter_gradient_is_the_sum_over_examples_and_positions_by_hand():
 
 
 def test_the_layer_computes_what_keras_conv2d_computes():
-    """Forward and input gradient are the library's; the filter gradient the same sum."""
+    """Forward and input gradient are the library's; the filter gradient the same sum,
+    and the library's filter-gradient op is really gone from the traced step."""
     rng = np.random.default_rng(1)
     x = tf.constant(rng.standard_normal((3, 6, 6, 5)), tf.float32)  # 36 pixels: applies
     results = {}
@@ -48,18 +50,41 @@ def test_the_layer_computes_what_keras_conv2d_computes():
         layer.build(x.shape)
         layer.kernel.assign(np.random.default_rng(2).standard_normal((3, 3, 5, 7)))
         layer.matmul_filter_grad = matmul
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * tf.sin(y))
-        dx, dk = tape.gradient(loss, [x, layer.kernel])
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            return (y,) + tuple(tape.gradient(loss, [x, layer.kernel]))
+
+        y, dx, dk = step(x)
         results[matmul] = (y.numpy(), dx.numpy(), dk.numpy())
-        assert layer._matmul_applies(x) == matmul
+        ops = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+        assert ("Conv2DBackpropFilter" in ops) is not matmul, ops
+        assert "Conv2DBackpropInput" in ops
     (y0, dx0, dk0), (y1, dx1, dk1) = results[False], results[True]
     np.testing.assert_array_equal(y1, y0)
     np.testing.assert_array_equal(dx1, dx0)
     np.testing.assert_allclose(dk1, dk0, rtol=1e-5, atol=1e-4)
     assert np.abs(dk0).max() > 1.0  # a real gradient, not zeros on both sides
+
+
+@pytest.mark.parametrize("kwargs,size,applies", [
+    ({}, 8, True), ({}, 9, False), ({}, 3, True),   # 64 pixels at most
+    ({"strides": 2}, 8, False), ({"padding": "valid"}, 8, False),
+    ({"dilation_rate": 2}, 8, False), ({"kernel_size": (3, 1)}, 8, False),
+    ({"kernel_size": 5}, 8, False), ({"kernel_size": 1}, 8, False), ({"groups": 2}, 8, False),
+    ({"data_format": "channels_first"}, 8, False)])
+def test_only_stride_1_same_3x3_convs_on_small_maps_take_the_matmul_gradient(kwargs, size,
+                                                                            applies):
+    args = dict(filters=4, kernel_size=3, padding="same") | kwargs
+    layer = Conv2D(**args)
+    layer.matmul_filter_grad = True
+    assert layer._matmul_applies(tf.zeros((2, size, size, 4))) is applies
+    layer.matmul_filter_grad = False
+    assert layer._matmul_applies(tf.zeros((2, size, size, 4))) is False
 
 
 def test_it_applies_to_the_maps_of_8x8_and_less_in_each_net():
@@ -76,7 +101,8 @@ def test_it_applies_to_the_maps_of_8x8_and_less_in_each_net():
 
 
 def test_auto_picks_matmul_on_cpu_and_the_trainer_applies_the_choice():
-    assert resolve(RuntimeConfig()).conv_grad == "matmul"  # these test machines are CPUs
+    auto = resolve(RuntimeConfig())
+    assert auto.conv_grad == ("matmul" if auto.device_kind == "CPU" else "library")
     assert resolve(RuntimeConfig(conv_grad="library")).conv_grad == "library"
     for choice, expected in (("library", False), ("matmul", True)):
         t = Trainer(recipe("airbench94", width=4, batch_size=32),
@@ -84,17 +110,42 @@ def test_auto_picks_matmul_on_cpu_and_the_trainer_applies_the_choice():
         assert t.model.get_layer("group3_conv2").matmul_filter_grad is expected
         assert t.describe_runtime()["conv_grad"] == choice
 
+    def plain_keras(policy):  # keras' own Conv2D: nothing the choice applies to
+        inp = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same", dtype=policy)(inp)
+        x = keras.layers.GlobalMaxPooling2D(dtype=policy)(x)
+        return keras.Model(inp, keras.layers.Dense(10, dtype="float32")(x))
+
+    t = Trainer(recipe("davidnet", width=4, batch_size=32),
+                RuntimeConfig(precision="float32", conv_grad="matmul"), model=plain_keras)
+    assert t.describe_runtime()["conv_grad"] == "library"  # what really ran
+
 
 @pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
-def test_training_steps_move_the_weights_as_the_library_gradient_does(precision, tol):
+def test_training_steps_move_the_weights_as_the_library_gradient_does(precision, tol,
+                                                                      monkeypatch):
+    from fastcifar import model
+
+    traced = []  # layers whose gradient the matmul form computed, as the step was traced
+    original = model.filter_grad_by_matmuls
+    monkeypatch.setattr(model, "filter_grad_by_matmuls",
+                        lambda x, dy, k: traced.append(x.shape) or original(x, dy, k))
     ds = synthetic(256, 64, learnable=True, seed=3)
     moved = {}
     for choice in ("library", "matmul"):
+        traced.clear()
         t = Trainer(recipe("airbench94", width=4, batch_size=64),
                     RuntimeConfig(precision=precision, steps_per_call=3, conv_grad=choice))
         data = t.prepare(ds)
         start = [v.numpy() for v in t.model.trainable_variables]
         loss = float(t.train_steps(data, 3)[0].numpy())
+        # library: never; matmul: the 7x7, 7x7 and 3x3 maps (once per trace)
+        maps = [tuple(s[1:3]) for s in traced]
+        if choice == "library":
+            assert maps == []
+        else:
+            assert set(maps) == {(7, 7), (3, 3)} and maps.count((7, 7)) == 2 * maps.count(
+                (3, 3)), maps
         moved[choice] = (loss, [v.numpy() - s for v, s in
                                 zip(t.model.trainable_variables, start)])
     (loss0, d0), (loss1, d1) = moved["library"], moved["matmul"]
