@@ -46,6 +46,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # one new function per shape is the point: no retrace warnings
     from fastcifar.model import MATMUL_FILTER_GRAD_MAX_PIXELS, filter_grad_by_matmuls
     from fastcifar.runtime import environment
     from fastcifar.util import cpu_info
