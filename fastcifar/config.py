@@ -192,6 +192,13 @@ class TrainConfig(_Settings):
     bias_lr_scale: float = setting(1.0, "BatchNorm bias: learning rate x this, weight decay "
                                    "/ this", low=0, low_open=True,
                                    hint="(64 in the bag of tricks, 1 = off)")
+    muon_lr: float = setting(0.0, "conv filters take Muon steps (airbench94_muon's "
+                             "optimizer: Nesterov momentum, filter normalised, update "
+                             "orthogonalised by 3 Newton-Schulz steps, no weight decay) with "
+                             "this peak learning rate on the recipe's schedule (0 = off)",
+                             low=0, hint="(airbench94_muon: 0.24)")
+    muon_momentum: float = setting(0.6, "Muon's Nesterov momentum (with --muon-lr)", low=0,
+                                   high=1, high_open=True)
     whiten: bool = setting(False, "frozen whitening first layer from the training patches' "
                            "eigenvectors (davidnet: 3x3 + a 1x1 conv; airbench94: 2x2, with "
                            "their negatives)")
@@ -326,6 +333,7 @@ FAST_TECHNIQUES: Mapping[str, Mapping[str, Any]] = {
     "lookahead": dict(lookahead=False),
     "tta": dict(tta="none"),
     "alternating_flip": dict(alternating_flip=False),
+    "muon": dict(muon_lr=0.0),
 }
 
 

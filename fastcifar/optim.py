@@ -1,4 +1,5 @@
-"""The tutorial's optimisation: its Nesterov form, its schedule, its (intended) L2.
+"""The tutorial's optimisation: its Nesterov form, its schedule, its (intended) L2; and
+airbench94_muon's Muon step for conv filters, as an option of the same optimizer.
 
 Keras 3 `SGD(nesterov=True)` keeps the learning rate inside the velocity; the tutorial's
 TF1 `MomentumOptimizer(use_nesterov=True)`, like PyTorch, keeps it outside. The two differ
@@ -13,19 +14,57 @@ import tensorflow as tf
 from keras import ops
 
 
+# Newton-Schulz coefficients of airbench94_muon (Keller Jordan): a quintic chosen for the
+# steepest slope at zero; three steps give U S' V^T with S' roughly in (0.5, 1.5), not U V^T.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g, steps: int = 3, eps: float = 1e-7):
+    """An approximate orthogonalisation of the matrix `g` (float32): g / |g|_F, then
+    X <- a X + (b A + c A^2) X with A = X X^T, on the wide orientation (fewer rows).
+    Each step applies the odd polynomial a s + b s^3 + c s^5 to every singular value."""
+    a, b, c = NEWTON_SCHULZ
+    x = tf.cast(g, tf.float32)
+    x = x / (tf.norm(x) + eps)
+    tall = g.shape[0] > g.shape[1]
+    if tall:
+        x = tf.transpose(x)
+    for _ in range(steps):
+        m = tf.matmul(x, x, transpose_b=True)
+        x = a * x + tf.matmul(b * m + c * tf.matmul(m, m), x)
+    return tf.transpose(x) if tall else x
+
+
 @keras.saving.register_keras_serializable(package="fastcifar")
 class TutorialNesterov(keras.optimizers.Optimizer):
-    """v <- mu*v + g ;  w <- w - lr*(g + mu*v)   (TF1 MomentumOptimizer / PyTorch SGD)."""
+    """v <- mu*v + g ;  w <- w - lr*(g + mu*v)   (TF1 MomentumOptimizer / PyTorch SGD).
 
-    def __init__(self, learning_rate=0.01, momentum=0.9, name="tutorial_nesterov", **kwargs):
+    Variables named in `muon` (conv filters, kept in the same optimizer so loss scaling,
+    replicas and state snapshots treat them like any other) take airbench94_muon's Muon
+    step instead: v <- mu'*v + g ; u = g + mu'*v ; w <- w * sqrt(out)/|w| ;
+    w <- w - lr * muon_lr_ratio * newton_schulz(u as out x (kh kw in))."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.9, name="tutorial_nesterov",
+                 muon=(), muon_lr_ratio=0.0, muon_momentum=0.6, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
+        self.muon = tuple(muon)  # variable paths
+        self.muon_lr_ratio = float(muon_lr_ratio)
+        self.muon_momentum = float(muon_momentum)
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
         self._velocities = [self.add_variable_from_reference(v, "velocity") for v in variables]
+        self._muon_index = set()
+        if not self.muon:  # plain tf.Variables have no .path
+            return
+        paths = [getattr(v, "path", v.name) for v in variables]
+        self._muon_index = {i for i, p in enumerate(paths) if p in self.muon}
+        missing = set(self.muon) - set(paths)
+        if missing:
+            raise ValueError(f"muon variables not among those built: {sorted(missing)}")
 
     def velocity(self, variable):
         """The momentum slot of `variable`."""
@@ -34,14 +73,29 @@ class TutorialNesterov(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        v = self._velocities[index]
+        if index in self._muon_index:
+            self._muon_step(g, variable, v, lr * self.muon_lr_ratio)
+            return
         mu = ops.cast(self.momentum, variable.dtype)
-        v = self._velocities[self._get_variable_index(variable)]
         self.assign(v, mu * v + g)
         self.assign_sub(variable, lr * (g + mu * v))
 
+    def _muon_step(self, g, variable, v, lr):
+        mu = self.muon_momentum
+        self.assign(v, mu * v + g)
+        u = g + mu * v
+        out = variable.shape[-1]
+        w = tf.convert_to_tensor(variable)
+        w = w * (out ** 0.5 / tf.maximum(tf.norm(w), 1e-12))
+        update = tf.transpose(newton_schulz(tf.transpose(tf.reshape(u, [-1, out]))))
+        self.assign(variable, w - lr * tf.reshape(tf.cast(update, w.dtype), variable.shape))
+
     def get_config(self):
         config = super().get_config()
-        config["momentum"] = self.momentum
+        config.update(momentum=self.momentum, muon=list(self.muon),
+                      muon_lr_ratio=self.muon_lr_ratio, muon_momentum=self.muon_momentum)
         return config
 
 
@@ -77,7 +131,7 @@ def l2_penalty(variables, weight_decay: float, batch_size: int, scales=None):
     """1/2 * wd * B * sum(w^2): coupled L2 through the loss, so its gradient wd*B*w is
     scaled and unscaled with the rest (added after `scale_loss` it would be divided away).
     `scales[i]` divides the decay of variable i (biases with a raised learning rate)."""
-    if not weight_decay:
+    if not weight_decay or not variables:
         return tf.constant(0.0, tf.float32)
     scales = scales or [1.0] * len(variables)
     total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) / k

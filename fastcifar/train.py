@@ -102,6 +102,15 @@ class Trainer:
             # BatchNorm betas: learning rate x bias_lr_scale, weight decay / bias_lr_scale
             self.lr_scales = [config.bias_lr_scale if _is_bias(v) else 1.0
                               for v in self.model.trainable_variables]
+            # Muon (--muon-lr): the conv filters; they take no weight decay
+            self.muon_variables = ([v for v in self.model.trainable_variables
+                                    if len(v.shape) == 4] if config.muon_lr else [])
+            if config.muon_lr and not self.muon_variables:
+                raise ConfigError(f"invalid muon_lr={config.muon_lr}: the model has no "
+                                  f"trainable conv filters; drop --muon-lr")
+            muon = {id(v) for v in self.muon_variables}
+            self.decayed = [(v, k) for v, k in zip(self.model.trainable_variables,
+                                                   self.lr_scales) if id(v) not in muon]
             local = distribute.replica_local_variable
             self.step = local(0, "step", tf.int64)  # advances on every step, skipped or not
             # steps per epoch and in all, for the training set being used (set by
@@ -184,8 +193,12 @@ class Trainer:
                               "tf.distribute needs GPUs)")
 
     def _make_optimizer(self):
-        inner = TutorialNesterov(learning_rate=self.learning_rate,
-                                 momentum=self.config.momentum)
+        cfg = self.config
+        # Muon's rate follows the same schedule: muon_lr x (the SGD rate / its peak)
+        inner = TutorialNesterov(learning_rate=self.learning_rate, momentum=cfg.momentum,
+                                 muon=[v.path for v in self.muon_variables],
+                                 muon_lr_ratio=cfg.muon_lr * cfg.batch_size / cfg.lr_peak,
+                                 muon_momentum=cfg.muon_momentum)
         optimizer = inner
         if self.loss_scaling:
             # The loss is a sum over the batch, B times a mean: start the scale B times
@@ -331,7 +344,8 @@ class Trainer:
             logits = self.model(images, training=True)
             loss_sum = tf.reduce_sum(cross_entropy(labels, logits, cfg.label_smoothing))
             # every replica adds 1/R of the penalty: the summed gradient holds it once
-            penalty = l2_penalty(variables, cfg.weight_decay, cfg.batch_size, self.lr_scales)
+            penalty = l2_penalty([v for v, _ in self.decayed], cfg.weight_decay,
+                                 cfg.batch_size, [k for _, k in self.decayed])
             loss = loss_sum + penalty / self.replicas
             if self.loss_scaling:
                 loss = self.optimizer.scale_loss(loss)
