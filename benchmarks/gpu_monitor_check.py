@@ -61,7 +61,6 @@ def _loader(size: int):
         errors.append(f"pytorch: {e}")
     try:
         import jax
-        import jax.numpy as jnp
 
         if any(d.platform == "gpu" for d in jax.devices()):
             a = jax.random.normal(jax.random.PRNGKey(0), (size, size))

@@ -342,17 +342,29 @@ class _Terminated(KeyboardInterrupt):
     file is removed on the way out."""
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+_signals_seen: list[int] = []
+
+
+def _on_signal(signum, frame):
+    _signals_seen.append(signum)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _signals_seen.clear()
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stopped(terminated: bool) -> int:
+    print(f"fastcifar: {'terminated' if terminated else 'interrupted'}; no result "
+          f"written", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 def _main(argv) -> int:
@@ -372,10 +384,13 @@ def _main(argv) -> int:
         print(f"fastcifar: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, _Terminated)
-        print(f"fastcifar: {'terminated' if terminated else 'interrupted'}; no result "
-              f"written", file=sys.stderr)
-        return 143 if terminated else 130
+        return _stopped(isinstance(e, _Terminated))
+    except Exception:
+        if not _signals_seen:
+            raise
+        # Ctrl-C that lands while TensorFlow traces or compiles comes back wrapped
+        # (SystemError inside a StagingError): it is still the user's stop, not a bug.
+        return _stopped(_signals_seen[-1] == signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -280,6 +280,32 @@ def test_sigterm_mid_training_cleans_up_and_exits_143(tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
+def test_ctrl_c_that_tensorflow_rewraps_still_exits_130(tmp_path, monkeypatch, capsys):
+    """A signal that lands while TensorFlow traces comes back as a SystemError inside a
+    StagingError, not a KeyboardInterrupt: it must still read as the user's stop."""
+    from fastcifar import cli
+
+    def traced(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal, handled by the CLI
+            time.sleep(5)
+        except KeyboardInterrupt as e:
+            raise SystemError("returned a result with an exception set") from e
+        raise AssertionError("SIGINT never arrived")
+
+    monkeypatch.setattr(cli, "cmd_compare", traced)
+    assert cli.main(["compare", "a.json", "b.json"]) == 130
+    assert "interrupted; no result written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    def broken(args):
+        raise SystemError("a real bug, no signal")
+
+    monkeypatch.setattr(cli, "cmd_compare", broken)
+    with pytest.raises(SystemError):  # without a signal, a bug is still a bug
+        cli.main(["compare", "a.json", "b.json"])
+
+
 def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
     import http.server
     import threading
