@@ -280,7 +280,7 @@ def test_sigterm_mid_training_cleans_up_and_exits_143(tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
-def test_ctrl_c_that_tensorflow_rewraps_still_exits_130(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_that_tensorflow_rewraps_still_exits_130(monkeypatch, capsys):
     """A signal that lands while TensorFlow traces comes back as a SystemError inside a
     StagingError, not a KeyboardInterrupt: it must still read as the user's stop."""
     from fastcifar import cli
