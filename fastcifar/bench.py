@@ -10,13 +10,14 @@ process, alternating, as paired ratios.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from typing import Callable, Optional
 
 from . import results
 from .config import FAST_TECHNIQUES, RuntimeConfig, TrainConfig
-from .errors import ConfigError, gist
+from .errors import ConfigError, TrainingDiverged, gist
 from .profiling import profile_steps, top_ops
 from .util import peak_rss_bytes, summarize
 
@@ -61,9 +62,11 @@ def conv_peak(model, device: str, precision: str, batch: int, repeats: int = 3) 
     rows = []
     with tf.device(device):
         for h, w, k, cin, cout in shapes:
-            x = tf.cast(tf.random.normal([batch, h, w, cin]), dtype)
-            kernel = tf.cast(tf.random.normal([k, k, cin, cout]) * 0.01, dtype)
-            dy = tf.cast(tf.random.normal([batch, h, w, cout]), dtype)
+            # seeded (stateless): op determinism (--deterministic) refuses unseeded ops
+            normal = lambda shape, i: tf.random.stateless_normal(shape, seed=[h * 1000 + cin, i])
+            x = tf.cast(normal([batch, h, w, cin], 0), dtype)
+            kernel = tf.cast(normal([k, k, cin, cout], 1) * 0.01, dtype)
+            dy = tf.cast(normal([batch, h, w, cout], 2), dtype)
             ops = {
                 "forward": lambda: tf.nn.conv2d(x, kernel, 1, "SAME"),
                 "input gradient": lambda: tf.nn.conv2d_transpose(dy, kernel, x.shape, 1,
@@ -112,6 +115,22 @@ def monitor_for(devices: list, interval: float = 0.1):
     return Monitor(interval=interval, gpu_indices=None if None in indices else indices)
 
 
+@contextlib.contextmanager
+def _failed_on_divergence(command: str, config: TrainConfig, runtime: RuntimeConfig, ds,
+                          **extra):
+    """A run that diverges inside the block leaves the error carrying its failed result
+    (`status: failed`), which the command line writes to `--json`: a benchmark of a
+    diverged run is a failure, never a number."""
+    try:
+        yield
+    except TrainingDiverged as e:
+        from .runtime import environment
+
+        e.result = results.failed(command, config.to_dict(), runtime.to_dict(),
+                                  environment(), ds.identity(), e, e.history, **extra)
+        raise
+
+
 def _with_classes_of(config: TrainConfig, ds) -> TrainConfig:
     """The net's head follows the data (100 outputs for CIFAR-100)."""
     if ds.num_classes != config.num_classes:
@@ -141,7 +160,12 @@ def compiled_call(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int):
     trainer.step.assign(trainer.total_steps_for(data.n_train) // 4)
 
     def call() -> float:
-        return float(trainer.train_steps(data, steps)[0].numpy())
+        loss = float(trainer.train_steps(data, steps)[0].numpy())
+        if not math.isfinite(loss):  # a diverged step is not a measurement of a step
+            raise TrainingDiverged(f"training diverged: the loss is {loss} in {steps} "
+                                   f"timed steps (lr peak {config.lr_peak}); lower --lr-peak "
+                                   f"or --weight-decay", int(trainer.step.numpy()))
+        return loss
 
     call()
     return trainer, call, compile_s
@@ -247,7 +271,8 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
     batch_sizes = tuple(batch_sizes) or (config.batch_size,)
     calibration = calibrate_machine()
     sweep, calls = [], {}
-    with Monitor(interval=0.1, source="auto") as monitor:
+    with _failed_on_divergence("bench", config, runtime, ds, benchmark="step"), \
+            Monitor(interval=0.1, source="auto") as monitor:
         for batch in batch_sizes:
             cfg = config.replace(batch_size=batch)
             if batch > len(ds.x_train):
@@ -314,7 +339,9 @@ def accuracy_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
         cfg = config.replace(seed=config.seed + i)
         trainer = Trainer(cfg, runtime)
         trainer.compile(len(ds.x_train), len(ds.x_test))  # untimed, state restored
-        res = trainer.fit(ds, quiet=quiet)
+        with _failed_on_divergence("bench", cfg, runtime, ds, benchmark="accuracy",
+                                   runs=per_run):
+            res = trainer.fit(ds, quiet=quiet)
         curve = [[load_seconds + h["seconds"], h["test_acc"]] for h in res.history
                  if h["test_acc"] is not None]
         reached = (None if res.seconds_to_target is None
@@ -381,7 +408,9 @@ def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
         accs, secs = [], []
         for s in range(seeds):
             cfg = config.replace(epochs=budget, seed=config.seed + s, **off)
-            res = Trainer(cfg, runtime).fit(ds, quiet=True)
+            with _failed_on_divergence("bench", cfg, runtime, ds, benchmark="ablate",
+                                       variant=name, ablation=rows):
+                res = Trainer(cfg, runtime).fit(ds, quiet=True)
             accs.append(res.final_test_acc)
             secs.append(res.train_seconds)
         rows.append({"variant": name, "switched_off": dict(off),

@@ -135,6 +135,8 @@ def _configs(args, default_recipe: str = "davidnet"):
 
     from .config import RECIPE_ALIASES, RuntimeConfig, TrainConfig, recipe
 
+    if getattr(args, "target", None) == "auto":
+        del args.target  # as if not given: the recipe's, on CIFAR-10 only
     name = args.recipe or default_recipe
     if name in RECIPE_ALIASES:
         print(f"fastcifar: note: recipe {name!r} is now {RECIPE_ALIASES[name]!r}; the old "
@@ -145,12 +147,16 @@ def _configs(args, default_recipe: str = "davidnet"):
     return recipe(name, **given(TrainConfig)), RuntimeConfig(**given(RuntimeConfig)).validate()
 
 
-def _start(args):
-    """Check the output can be written (before any work); the progress printer."""
-    if getattr(args, "json", None) is not None:
-        from .results import check_writable
+def _start(args, inputs=()):
+    """Check the outputs can be written and overwrite no input (before any work); the
+    progress printer. `inputs`: (flag, path) read besides `--data`."""
+    from .results import check_outputs
 
-        check_writable(args.json)
+    if hasattr(args, "data"):
+        from .data import input_path
+
+        inputs = (("--data", input_path(args.data)),) + tuple(inputs)
+    check_outputs([("--json", getattr(args, "json", None), None)], inputs)
     return (lambda *a: None) if getattr(args, "quiet", False) else \
         (lambda *a: print(*a, flush=True))
 
@@ -204,10 +210,11 @@ def cmd_train(args) -> int:
                           on_start=on_start, on_epoch=on_epoch)
     metrics, worker = result["metrics"], result["runtime"].get("worker", 0)
     reached = metrics["seconds_to_target"]
+    target = result["config"]["target"]  # the run's: a CIFAR-10 target is dropped elsewhere
     if worker == 0:
         say(f"final test accuracy {metrics['final_test_acc']:.4f}; "
-            + (f"target {cfg.target:.2%} reached at {reached:.1f} s" if reached is not None
-               else f"target {cfg.target:.2%} not reached" if cfg.target else "no target")
+            + (f"target {target:.2%} reached at {reached:.1f} s" if reached is not None
+               else f"target {target:.2%} not reached" if target else "no target")
             + f"; {metrics['images_per_sec']:.0f} img/s steady state; compile "
               f"{metrics['compile_seconds']:.1f} s (not timed)")
     if result["runtime"]["replicas"] > 1:
@@ -292,7 +299,7 @@ def cmd_bench_ablate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    _start(args)
+    _start(args, inputs=(("the model", args.model),))
     import_tensorflow_quietly()
     from .run import evaluate_saved
 
@@ -321,7 +328,8 @@ def cmd_report(args) -> int:
     from . import results
     from .report import render
 
-    results.check_writable(args.output, suffix=".png")
+    results.check_outputs([("--output", args.output, ".png")],
+                          [("a result", p) for p in args.results])
     render([(p, results.read_json(p)) for p in args.results], args.output)
     print(f"wrote {args.output}")
     return 0
@@ -352,6 +360,9 @@ def _on_signal(signum, frame):
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 still prints
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     _signals_seen.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -361,9 +372,28 @@ def main(argv=None) -> int:
             signal.signal(s, handler)
 
 
+def _write_failed_result(args, error: UserError) -> None:
+    """A run that failed part-way (a diverged loss) still answers its `--json`, with the
+    failed result the error carries: the record of why there is no number."""
+    from . import results
+
+    failed, path = getattr(error, "result", None), getattr(args, "json", None)
+    if failed is not None and path and path not in results.written:
+        try:
+            results.write_json(path, failed)
+        except OSError:
+            pass  # the error itself is what the user must see
+
+
 def _stopped(terminated: bool) -> int:
-    print(f"fastcifar: {'terminated' if terminated else 'interrupted'}; no result "
-          f"written", file=sys.stderr)
+    """One line that says what is on disk: nothing, or the outputs written before the
+    stop (e.g. the result JSON when the signal landed while the model was being saved)."""
+    from .results import written
+
+    kept = (f"written before the stop: {', '.join(written)}; nothing else" if written
+            else "no result written")
+    print(f"fastcifar: {'terminated' if terminated else 'interrupted'}; {kept}",
+          file=sys.stderr)
     return 143 if terminated else 130
 
 
@@ -373,6 +403,10 @@ def _main(argv) -> int:
                                                      and argv[1] not in ("-h", "--help"))):
         argv.insert(1, "step")  # `fastcifar bench [flags]` is the step benchmark
     parser = build_parser()
+    from .results import written
+
+    written.clear()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not args.command:
@@ -381,6 +415,7 @@ def _main(argv) -> int:
         args.argv = argv  # a supervised child re-runs the same command
         return args.func(args)
     except UserError as e:
+        _write_failed_result(args, e)
         print(f"fastcifar: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:

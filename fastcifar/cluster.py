@@ -61,6 +61,8 @@ def parse_tf_config(text: Optional[str]) -> Cluster:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
         raise bad(f"not JSON ({e.msg} at character {e.pos})") from None
+    except RecursionError:
+        raise bad("nested too deeply to read") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict):
         raise bad("no 'cluster' object")
     cluster, task = cfg["cluster"], cfg.get("task")

@@ -34,9 +34,14 @@ SAME_RUNTIME = ("precision", "xla", "data_layout", "replicas")
 
 
 def _number(path: str, name: str, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise UserError(f"{path}: metric {name!r} is {value!r}, not a finite number; "
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) \
+            and math.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        ok = False
+    if not ok:
+        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+        raise UserError(f"{path}: metric {name!r} is {shown}, not a finite number; "
                         f"re-run the benchmark")
     return float(value)
 
@@ -142,7 +147,8 @@ def _calibrations(baseline_path, base, current_path, cur) -> tuple:
             raise UserError(f"{path} ran on a GPU: --normalize divides by a CPU matmul, which "
                             f"says nothing about a GPU; compare on the same machine without "
                             f"--normalize")
-        g = (r.get("calibration") or {}).get("gflops")
+        calibration = r.get("calibration")
+        g = calibration.get("gflops") if isinstance(calibration, dict) else None
         if not g:
             raise UserError(f"{path} has no machine calibration; re-run the benchmark "
                             f"with this version to use --normalize")

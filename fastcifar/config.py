@@ -22,6 +22,9 @@ __all__ = ["ConfigError", "TrainConfig", "RuntimeConfig", "RECIPES", "RECIPE_ALI
            "FAST_TECHNIQUES", "recipe", "settings", "settings_table"]
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def setting(default, help: str, *, choices: tuple = (), low=None, high=None,
             low_open: bool = False, high_open: bool = False, hint: str = "",
             parse=None, flag: bool = True):
@@ -92,6 +95,8 @@ class Setting:
             return f"must be {self.allowed() if integer else 'a finite number'}"
         if not integer and not math.isfinite(value):
             return "must be a finite number"
+        if not integer and abs(value) > FLOAT32_MAX:  # it enters float32 arithmetic
+            return f"must be a finite float32 number (at most {FLOAT32_MAX:.4g} in size)"
         too_low = self.low is not None and (value <= self.low if self.low_open
                                             else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open
@@ -139,8 +144,10 @@ class _Settings:
         return dataclasses.asdict(self)
 
 
-def _target(text: str) -> float:
-    return parse_fraction(text, "target")
+def _target(text: str):
+    """'0.93', '93%', or 'auto' (the recipe's target on official CIFAR-10, none on other
+    data: the command line treats it as not given)."""
+    return "auto" if str(text).strip().lower() == "auto" else parse_fraction(text, "target")
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ class TrainConfig(_Settings):
     num_classes: int = setting(10, "outputs of the net (the command line takes it from the "
                                "data: 100 for cifar100)", low=2, high=100_000)
     epochs: float = setting(24, "epochs to train; a fraction trains part of the last one",
-                            low=0, low_open=True)
+                            low=0, low_open=True, high=100_000)
     batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1,
                               high=1 << 20)
     width: int = setting(64, "channels of the first layer, c", low=1,
@@ -256,7 +263,8 @@ class RuntimeConfig(_Settings):
     precision: str = setting("auto", "auto, or float32 / mixed_bfloat16 / mixed_float16",
                              choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"))
     xla: Optional[bool] = setting(None, "compile steps with XLA (default: auto)")
-    steps_per_call: int = setting(8, "training steps per compiled call", low=1)
+    steps_per_call: int = setting(8, "training steps per compiled call", low=1,
+                                  high=1 << 20)
     deterministic: bool = setting(False, "TensorFlow op determinism (slower)")
     data_layout: str = setting("auto", "training set on the device as uint8 (normalised "
                                "in the step) or pre-normalised in the compute dtype",
@@ -265,7 +273,8 @@ class RuntimeConfig(_Settings):
                              "library (oneDNN/cuDNN's kernel) or matmul (nine matrix "
                              "products; faster on CPU); auto: matmul on CPU, library on GPU",
                              choices=("auto", "library", "matmul"))
-    eval_batch_size: int = setting(1000, "test images per evaluation batch", low=1)
+    eval_batch_size: int = setting(1000, "test images per evaluation batch (at most the "
+                                   "test images per device)", low=1, high=1 << 16)
     eval_every: int = setting(1, "evaluate every N epochs (0 = only after the last); "
                               "every evaluation counts in the clock", low=0)
     device: Optional[str] = setting(None, "e.g. /GPU:1 (default: first GPU, else CPU)")

@@ -8,12 +8,12 @@ mistaken for another dataset's. Pure numpy here; TensorFlow only decodes image f
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import os
 import pickle
-import stat
 import tarfile
 import urllib.request
 import zlib
@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import DataError, gist
-from .util import atomic_path, content_hash, physical_memory_bytes, write_text
+from .util import atomic_path, content_hash, physical_memory_bytes, read_regular
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -87,7 +87,8 @@ def make_dataset(x_train, y_train, x_test, y_test, name: str,
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
     """Per-channel mean and std of uint8 NHWC images, exactly: integer sums over chunks
-    (no float copy of the whole set, which a framework's allocator would keep resident)."""
+    (no float copy of the whole set, which a framework's allocator would keep resident).
+    The std is at least 1 (one grey level)."""
     total = np.zeros(3, np.int64)
     squares = np.zeros(3, np.int64)
     for i in range(0, len(images), chunk):
@@ -96,25 +97,51 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
         squares += (part * part).sum(0)
     count = images.size // 3
     mean = total / count
-    return mean.astype(np.float32), np.sqrt(squares / count - mean ** 2).astype(np.float32)
+    # at least one grey level: a channel that never changes (blank images) would
+    # otherwise be divided by zero and every loss would be NaN
+    std = np.maximum(np.sqrt(np.maximum(squares / count - mean ** 2, 0.0)), 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 # --- the official python archive -------------------------------------------------------
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what the CIFAR-10 batches contain: loading a pickle otherwise runs code."""
+    """Admits only what CIFAR batches contain: loading a pickle otherwise runs code.
+
+    The official archives (Python 2 pickles) need numpy's array and dtype constructors
+    only. A Python 3 protocol-2 pickle of bytes (as the test fixtures and re-pickled copies
+    write them) also calls `_codecs.encode(text, "latin1")`; that is admitted in a form
+    that takes no other codec (nested "hex" or "base64" encodes would double the size at
+    every level) and builds no more bytes in all than the pickle itself holds, which is
+    all a pickle written by `pickle.dumps` ever needs."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
     }
 
+    def __init__(self, blob: bytes):
+        super().__init__(io.BytesIO(blob), encoding="bytes")
+        self.budget = len(blob)  # bytes `_codecs.encode` may still build
+
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return self._latin1
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
+
+    def _latin1(self, text, encoding="utf-8", errors="strict"):
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1") \
+                or errors != "strict":
+            raise pickle.UnpicklingError(f"refusing _codecs.encode with codec {encoding!r}: "
+                                         f"only latin1 text is admitted")
+        self.budget -= len(text)
+        if self.budget < 0:
+            raise pickle.UnpicklingError("it builds more bytes than the file holds (a "
+                                         "memory bomb?)")
+        return text.encode("latin1")
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,7 @@ class Format:
     sha256: str
     labels: dict            # label mode -> (pickle key, number of classes)
     member_cap: int         # bytes: far above an official member is not this format
+    size: int = 0           # bytes of the official archive (a download stops past it)
     meta: str = ""          # the member with class names, if any
     meta_keys: tuple = ()   # its key per label mode
 
@@ -141,12 +169,13 @@ class Format:
 # An official CIFAR-10 batch is 31 MB, CIFAR-100's train member 154 MB; either archive is
 # under 200 MB unpacked: far above is not CIFAR, and reading it would fill disk or memory.
 CIFAR10 = Format("cifar10", ARCHIVE_NAME, BATCHES_DIR, TRAIN_BATCHES, TEST_BATCH, CIFAR10_URL,
-                 CIFAR10_SHA256, {"fine": (b"labels", 10)}, 64 << 20)
+                 CIFAR10_SHA256, {"fine": (b"labels", 10)}, 64 << 20, 170_498_071)
 CIFAR100 = Format("cifar100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",),
                   "test", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                   "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
                   {"fine": (b"fine_labels", 100), "coarse": (b"coarse_labels", 20)},
-                  192 << 20, "meta", (b"fine_label_names", b"coarse_label_names"))
+                  192 << 20, 169_001_437, "meta",
+                  (b"fine_label_names", b"coarse_label_names"))
 FORMATS = (CIFAR10, CIFAR100)
 MAX_MEMBER_BYTES = 192 << 20  # a cap over every format's own (tests lower it)
 MAX_ARCHIVE_BYTES = 512 << 20
@@ -154,7 +183,7 @@ MAX_ARCHIVE_BYTES = 512 << 20
 
 def _unpickle(blob: bytes, where: str, what: str) -> dict:
     try:
-        d = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        d = _CifarUnpickler(blob).load()
     except pickle.UnpicklingError as e:
         raise DataError(f"unsafe or corrupt {what} {where}: {e}; use the official "
                         f"archive") from None
@@ -200,20 +229,13 @@ def _class_names_from(fmt: Format, mode: str, blob: Optional[bytes], where: str)
     return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
 
 
-def _read_regular(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
+def _read_regular(path: Path, limit: int = MAX_MEMBER_BYTES,
+                  what: str = "data file") -> bytes:
     """A regular file's bytes, at most `limit` of them; never opens a FIFO or a device."""
     try:
-        st = os.stat(path)
+        return read_regular(path, limit, what, DataError)
     except FileNotFoundError:
         raise DataError(f"missing file {path}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{path} is not a regular file (a folder, FIFO or device): remove "
-                        f"or replace it")
-    if st.st_size > limit:
-        raise DataError(f"{path} is {st.st_size} bytes, above the {limit}-byte limit for "
-                        f"this kind of file: it is not what fastcifar expects")
-    with open(path, "rb") as f:
-        return f.read(limit + 1)
 
 
 def _format_of_folder(folder: Path) -> Format:
@@ -277,18 +299,47 @@ class _Counted(io.RawIOBase):
         return len(data)
 
 
+class _Hashed(io.RawIOBase):
+    """A read-only stream that hashes what passes through it: the digest an archive is
+    named by is the digest of the very bytes that were parsed."""
+
+    def __init__(self, stream):
+        self.stream, self.sha256 = stream, hashlib.sha256()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.stream.read(len(buffer))
+        self.sha256.update(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> Dataset:
-    """A python archive (CIFAR-10 or CIFAR-100, told apart by its members), read as a
-    stream: only the members the format needs, each capped, nothing written to disk; the
-    gzip checksum is verified by reading to the end. Named `cifar10`/`cifar100` only when
-    the file is the official one (its SHA-256)."""
+    """A python archive (CIFAR-10 or CIFAR-100, told apart by its members). Named
+    `cifar10`/`cifar100` only when the bytes read are the official archive's (their
+    SHA-256, computed on this read)."""
+    ds, fmt, digest = _read_archive(path, mode)
+    suffix = "-coarse" if mode == "coarse" else ""
+    if name is None:
+        name = (f"{fmt.name}{suffix}" if digest == fmt.sha256
+                else f"{fmt.name}{suffix}-format:{digest[:12]}")
+    return dataclasses.replace(ds, name=name)
+
+
+def _read_archive(path: Path, mode: str) -> tuple:
+    """(dataset, format, SHA-256 of the file) of an archive read as a stream: only the
+    members the format needs, each capped, nothing written to disk; the gzip checksum is
+    verified by reading to the end, and the digest is of the very bytes parsed."""
     wanted = {m: fmt for fmt in FORMATS for m in fmt.members + ((fmt.meta,) if fmt.meta
                                                                else ())}
     blobs, formats = {}, {}
     try:
-        with open(path, "rb") as raw:
-            compressed = raw.read(2) == b"\x1f\x8b"
-            raw.seek(0)
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            raw = _Hashed(f)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
             counted = io.BufferedReader(_Counted(stream, MAX_ARCHIVE_BYTES, str(path)))
             with tarfile.open(fileobj=counted, mode="r|") as tar:
@@ -306,6 +357,9 @@ def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> 
                     formats[fmt.name] = fmt
             while counted.read(1 << 20):  # to the end: gzip checks its CRC there
                 pass
+            while raw.read(1 << 20):  # and every byte of the file is in the digest
+                pass
+            digest = raw.sha256.hexdigest()
     except DataError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
@@ -323,12 +377,7 @@ def load_archive(path: Path, name: Optional[str] = None, mode: str = "fine") -> 
     parts = {m: _parse_batch(blobs.pop(m), f"{m} in {path}", label_key, count)
              for m in fmt.members}
     classes = _class_names_from(fmt, mode, blobs.get(fmt.meta), f"{fmt.meta} in {path}")
-    if name is None:
-        digest = _sha256_file(path)
-        suffix = "-coarse" if mode == "coarse" else ""
-        name = (f"{fmt.name}{suffix}" if digest == fmt.sha256
-                else f"{fmt.name}{suffix}-format:{digest[:12]}")
-    return _from_batches(fmt, parts, name, classes)
+    return _from_batches(fmt, parts, str(path), classes), fmt, digest
 
 
 def _sha256_file(path: Path) -> str:
@@ -339,54 +388,58 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached_digest(path: Path) -> str:
-    """SHA-256 of a file in the data cache, remembered beside it with its size and
-    modification time, so an unchanged file is not hashed again and a changed one is."""
-    st = os.stat(path)
-    stamp = Path(str(path) + ".sha256")
-    key = f"{st.st_size} {st.st_mtime_ns}"
-    try:
-        remembered_key, digest = stamp.read_text().rsplit(" ", 1)
-        if remembered_key == key and len(digest) == 64:
-            return digest
-    except (OSError, ValueError):
-        pass
-    digest = _sha256_file(path)
-    try:
-        write_text(str(stamp), f"{key} {digest}")
-    except OSError:
-        pass  # a read-only cache: hash again next time
-    return digest
-
-
-def cached_archive(fmt: Format = None, quiet: bool = False) -> Path:
-    """The official archive in the cache, verified every time it is used (its digest is
-    remembered with its size and modification time); absent or damaged, it is fetched."""
-    fmt = fmt or CIFAR10
-    expected = _expected_digest(fmt)
+def load_official(fmt: Format, mode: str = "fine", quiet: bool = True) -> Dataset:
+    """The official archive from the cache, fetched when absent, and fetched again when
+    the cached bytes are not the expected ones: their digest is computed on every use, as
+    they are read (a digest remembered beside the file could be forged by whoever can
+    write there)."""
     target = cache_dir() / fmt.archive
+    expected = _expected_digest(fmt)
     if target.is_file():
-        if cached_digest(target) == expected:
-            return target
-        for stale in (target, Path(str(target) + ".sha256")):  # damaged: fetch again
-            if stale.exists():
-                stale.unlink()
-    return download(fmt, quiet)
+        try:
+            ds, _, digest = _read_archive(target, mode)
+        except DataError:
+            digest = None  # damaged: fetched again below
+        if digest == expected:
+            return _named(ds, fmt, mode, digest)
+        target.unlink()
+    ds, _, digest = _read_archive(download(fmt, quiet), mode)
+    if digest != expected:  # replaced between the download's check and this read
+        raise DataError(f"{target} changed while it was read: run the command again")
+    return _named(ds, fmt, mode, digest)
+
+
+def _named(ds: Dataset, fmt: Format, mode: str, digest: str) -> Dataset:
+    """`ds`, whose archive has the expected digest: `cifar10`/`cifar100` when that is the
+    official one (another is a mirror the user configured by its digest)."""
+    suffix = "-coarse" if mode == "coarse" else ""
+    return dataclasses.replace(ds, name=f"{fmt.name}{suffix}" if digest == fmt.sha256
+                               else f"{fmt.name}{suffix}-format:{digest[:12]}")
 
 
 def _expected_digest(fmt: Format) -> str:
     return os.environ.get(f"FASTCIFAR_{fmt.name.upper()}_SHA256", fmt.sha256).lower()
 
 
+def _download_cap(fmt: Format) -> int:
+    """Bytes a download of `fmt` may bring: the official size plus a margin. An endless or
+    oversized stream is not the archive, and must not fill the disk."""
+    return fmt.size + max(fmt.size // 100, 1 << 20)
+
+
 def download(fmt: Format = None, quiet: bool = False) -> Path:
-    """Download an archive into the cache, checksum-verified, written atomically."""
+    """Download an archive into the cache, size-capped, checksum-verified, written
+    atomically."""
     fmt = fmt or CIFAR10
     env = f"FASTCIFAR_{fmt.name.upper()}"
     url = os.environ.get(f"{env}_URL", fmt.url)
     expected = _expected_digest(fmt)
     target = cache_dir() / fmt.archive
+    cap = _download_cap(fmt)
     hint = (f"download {fmt.archive} yourself and pass --data PATH (or set FASTCIFAR_DATA "
             f"to a folder holding it, or {env}_URL to a mirror)")
+    too_big = DataError(f"{url} sends more than {cap} bytes, far above the {fmt.size}-byte "
+                        f"{fmt.archive}: it is not the archive; {hint}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -396,10 +449,16 @@ def download(fmt: Format = None, quiet: bool = False) -> Path:
         with atomic_path(str(target), suffix=".part") as tmp:
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
+                if total and total > cap:
+                    raise too_big
                 from tqdm import tqdm
+                got = 0
                 with tqdm(total=total, unit="B", unit_scale=True, disable=quiet,
                           desc=f"downloading {fmt.archive}") as bar:
-                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    for chunk in iter(lambda: resp.read(min(1 << 20, cap + 1 - got)), b""):
+                        got += len(chunk)
+                        if got > cap:
+                            raise too_big
                         out.write(chunk)
                         bar.update(len(chunk))
             got = _sha256_file(Path(tmp))
@@ -483,7 +542,7 @@ def _decode_images(files: list) -> tuple[np.ndarray, np.ndarray]:
 
     x = np.empty((len(files), 32, 32, 3), np.uint8)
     for i, (p, _) in enumerate(files):
-        blob = _read_regular(p, MAX_IMAGE_FILE_BYTES)
+        blob = _read_regular(p, MAX_IMAGE_FILE_BYTES, "image file")
         size = image_size(blob)
         if size is None:
             raise DataError(f"cannot decode image {p} (not a PNG, JPEG, GIF or BMP): replace "
@@ -514,8 +573,8 @@ def load_image_folder(root: Path, quiet: bool = True) -> Dataset:
     train_files, test_files = _list_images(train_dir, classes), _list_images(test_dir, classes)
     h = hashlib.sha256(repr(classes).encode())
     for p, label in train_files + test_files:
-        h.update(f"{p.relative_to(root)}:{label}".encode())
-        h.update(_read_regular(p, MAX_IMAGE_FILE_BYTES))
+        h.update(os.fsencode(p.relative_to(root)) + f":{label}".encode())  # any file name
+        h.update(_read_regular(p, MAX_IMAGE_FILE_BYTES, "image file"))
     key = h.hexdigest()
     cached = cache_dir() / "folders" / f"{key[:32]}.npz"
     name = f"folder:{root.name}"
@@ -580,6 +639,18 @@ def _parse_count(spec: str, default: int) -> int:
     return int(n)
 
 
+def input_path(spec: str) -> Optional[str]:
+    """The file or folder a data spec reads (the cached archive for 'cifar10' and
+    'cifar100'), or None for generated data: what no output may overwrite."""
+    spec = str(spec)
+    for fmt in FORMATS:
+        if spec.split(":")[0] == fmt.name:
+            return str(cache_dir() / fmt.archive)
+    if spec.split(":")[0] in ("synthetic", "learnable") or not spec:
+        return None
+    return str(Path(spec).expanduser())
+
+
 def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:
     """One entry point: 'cifar10' or 'cifar100[:coarse]' (cached download),
     'synthetic[:N]', 'learnable[:N]', or a path to an archive, its extracted folder, or an
@@ -590,11 +661,7 @@ def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:
         if spec.split(":")[0] == fmt.name:
             mode = spec.partition(":")[2] or "fine"
             _label_mode(fmt, mode)
-            archive = cached_archive(fmt, quiet=quiet)
-            digest = cached_digest(archive)
-            suffix = "-coarse" if mode == "coarse" else ""
-            return load_archive(archive, f"{fmt.name}{suffix}" if digest == fmt.sha256
-                                else f"{fmt.name}{suffix}-format:{digest[:12]}", mode)
+            return load_official(fmt, mode, quiet)
     if spec.split(":")[0] == "synthetic":
         return synthetic(_parse_count(spec, 50000))
     if spec.split(":")[0] == "learnable":

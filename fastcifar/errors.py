@@ -21,11 +21,13 @@ class PeerError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss stopped being a finite number (a learning rate too high, ...).
-    `history` holds the epochs finished before it."""
+    `history` holds the epochs finished before it; `result`, once a command has added it,
+    the failed result that its `--json` gets (`compare` refuses it)."""
 
     def __init__(self, message: str, step: int = 0, history: list = ()):
         super().__init__(message)
         self.step, self.history = step, list(history)
+        self.result = None
 
 
 def gist(error: BaseException, limit: int = 200) -> str:

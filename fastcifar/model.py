@@ -139,6 +139,9 @@ class GELU(layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):  # no arguments of its own; Keras cannot infer that by itself
+        return super().get_config()
+
 
 def activation_layer(activation: str, dtype, name: str) -> layers.Layer:
     """The activation after a BatchNorm: ReLU, CELU, or the fused exact GELU."""
@@ -317,6 +320,9 @@ class Bias(layers.Layer):
     def call(self, x):
         return x + self.bias
 
+    def get_config(self):  # no arguments of its own; Keras cannot infer that by itself
+        return super().get_config()
+
 
 def airbench94(width: int = 64, dropout: float = 0.0, precision: str = "float32",
                seed: int = 0, num_classes: int = 10, image_size: int = 32,
@@ -394,12 +400,15 @@ def call_builder(builder, precision: str, num_classes: int):
     except (TypeError, ValueError):
         names = {}
     kwargs = {name: num_classes for name in ("classes", "num_classes") if name in names}
+    from .errors import ConfigError, gist
+
+    name = getattr(builder, "__name__", "the builder")
     try:
         return builder(precision, **kwargs)
+    except SystemExit as e:  # sys.exit() in a user's code is not the command's exit
+        raise ConfigError(f"building the model with {name}() called sys.exit({e.code!r}); "
+                          f"a builder must return a keras.Model") from None
     except Exception as e:  # e.g. a layer with no kernel for this dtype, failing as Keras traces it
-        from .errors import ConfigError, gist
-
-        name = getattr(builder, "__name__", "the builder")
         raise ConfigError(f"building the model with {name}() under {precision} failed "
                           f"({type(e).__name__}: {gist(e)}); a layer that cannot run in the "
                           f"policy's dtype can be given dtype='float32'") from None
@@ -409,9 +418,7 @@ def load_builder(spec: str):
     """`package.module:function` -> the function; one-line errors for what is missing."""
     import importlib
 
-    from .errors import ConfigError
-
-    from .errors import gist
+    from .errors import ConfigError, gist
 
     module_name, _, function = spec.partition(":")
     if not all(part.isidentifier() for part in module_name.split(".") + [function]):
@@ -421,6 +428,9 @@ def load_builder(spec: str):
     except ImportError as e:
         raise ConfigError(f"invalid net={spec!r}: cannot import {module_name} ({e}); put it "
                           f"on PYTHONPATH") from None
+    except SystemExit as e:  # sys.exit() at import is not the command's exit
+        raise ConfigError(f"invalid net={spec!r}: importing {module_name} called "
+                          f"sys.exit({e.code!r}); a module of builders must not exit") from None
     except Exception as e:  # the user's module itself fails: a syntax error, a raise
         raise ConfigError(f"invalid net={spec!r}: importing {module_name} failed "
                           f"({type(e).__name__}: {gist(e)})") from None

@@ -7,17 +7,34 @@ and the utilisation timeline summary per window. Needs the `plot` extra (matplot
 
 from __future__ import annotations
 
+import math
 import os
 
 from .errors import UserError
+from .results import note_written
 from .util import atomic_path
+
+
+MAX_POINTS = 2000  # per curve: more points than pixels only slow the drawing down
+MAX_MAGNITUDE = 1e12  # seconds, milliseconds or percentages beyond this are not real
+
+
+def _number(value) -> float:
+    x = float(value)
+    if not math.isfinite(x) or abs(x) > MAX_MAGNITUDE:
+        raise ValueError(f"{value!r} is out of range")
+    return x
 
 
 def _curve(result) -> list:
     if result.get("history"):
-        return [[float(h["seconds"]), float(h["test_acc"])] for h in result["history"]
-                if h.get("test_acc") is not None]
-    return [[float(x), float(y)] for x, y in (result.get("metrics") or {}).get("curve") or []]
+        points = [[_number(h["seconds"]), _number(h["test_acc"])] for h in result["history"]
+                  if h.get("test_acc") is not None]
+    else:
+        points = [[_number(x), _number(y)]
+                  for x, y in (result.get("metrics") or {}).get("curve") or []]
+    step = -(-len(points) // MAX_POINTS)  # every k-th point, and always the last
+    return points[::step] + ([points[-1]] if step > 1 and (len(points) - 1) % step else [])
 
 
 def _step_rows(result) -> list:
@@ -25,7 +42,7 @@ def _step_rows(result) -> list:
         return []
     rows = result.get("sweep") or [result["metrics"]]
     return [{"batch_size": r.get("batch_size", ""),
-             **{k: float(r["step_ms"][k]) for k in ("median", "p10", "p90")}}
+             **{k: _number(r["step_ms"][k]) for k in ("median", "p10", "p90")}}
             for r in rows if r.get("step_ms")]
 
 
@@ -33,7 +50,8 @@ def _utilization(result):
     u = (result.get("metrics") or {}).get("utilization")
     if not u or u.get("median") is None:
         return None
-    return {"median": float(u["median"]), "p10": float(u["p10"]), "p90": float(u["p90"]),
+    return {"median": _number(u["median"]), "p10": _number(u["p10"]),
+            "p90": _number(u["p90"]),
             "metric": u.get("metric"), "source": u.get("source")}
 
 
@@ -41,7 +59,7 @@ def _extract(path: str, result: dict) -> tuple:
     """(curve, step rows, utilisation) of one result; a malformed one is one line."""
     try:
         return _curve(result), _step_rows(result), _utilization(result)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise UserError(f"cannot plot {path}: a field it needs is missing or not a number "
                         f"({type(e).__name__}: {e}); pass results written by fastcifar") \
             from None
@@ -98,5 +116,8 @@ def render(results: list, path: str) -> None:
     try:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=100, format="png")
+    except (ValueError, OverflowError, RuntimeError) as e:  # matplotlib's own limits
+        raise UserError(f"cannot plot these results ({type(e).__name__}: {e})") from None
     finally:
         plt.close(fig)
+    note_written(path)

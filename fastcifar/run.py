@@ -50,18 +50,15 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     chief = peers is None or peers.is_chief
     json_path = cluster.worker_path(json_path, peers)
     save_path = save_path if chief else None
-    if json_path is not None:
-        results.check_writable(json_path)
-    if save_path is not None:
-        results.check_writable(save_path, suffix=".keras")
-    if json_path and save_path and os.path.abspath(json_path) == os.path.abspath(save_path):
-        raise UserError(f"--json and --save both name {json_path}: give two files")
+    results.check_outputs([("--json", json_path, None), ("--save", save_path, ".keras")],
+                          [("--data", data_mod.input_path(data))])
+    if logdir is not None:
+        results.check_folder(logdir, "TensorBoard scalars")
     if profile_dir == "" and logdir:
         profile_dir = logdir  # the profile in the same run folder as the scalars
     if profile_dir is not None:
         results.check_folder(profile_dir)
     if logdir is not None:
-        results.check_folder(logdir)
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
@@ -81,6 +78,7 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     from .train import Trainer
 
     trainer = Trainer(config, runtime, strategy=strategy, model=model)
+    trainer.check_budget(len(ds.x_train))  # before anything is printed
     if chief and on_start is not None:
         on_start(trainer, ds, peers)
     if logdir is not None and chief:
@@ -93,8 +91,9 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
                               on_epoch=on_epoch if chief else None, monitor=monitor,
                               on_progress=progress)
     except TrainingDiverged as e:
+        e.result = _failed(trainer, ds, e)
         if json_path:  # a record that it failed, which `compare` refuses to measure
-            _write_outputs(json_path, _failed(trainer, ds, e), None, None)
+            _write_outputs(json_path, e.result, None, None)
         raise
     result = _result(trainer, res, ds, peers)
     _write_outputs(json_path, result, save_path, trainer)
@@ -109,16 +108,22 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
 
 
 def _with_tensorboard(logdir: str, on_epoch):
-    """`on_epoch` that also writes the epoch's scalars for TensorBoard into `logdir`."""
+    """`on_epoch` that also writes the epoch's scalars for TensorBoard into `logdir`. The
+    events file is created with the first epoch's scalars, so a run stopped before then
+    (loading, compiling) leaves none; after that, each epoch is flushed whole."""
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(logdir)
+    writers = []
     names = {"train_loss": "train/loss", "train_acc": "train/accuracy",
              "test_loss": "test/loss", "test_acc": "test/accuracy", "lr": "learning_rate",
              "images_per_sec": "throughput/images_per_sec",
              "utilization_pct": "throughput/utilization_pct", "seconds": "time/seconds"}
 
     def write(row):
+        if not writers:
+            writers.append(tf.summary.create_file_writer(logdir))
+            results.note_written(f"TensorBoard scalars in {logdir}")
+        writer = writers[0]
         with writer.as_default(step=row["epoch"]):
             for key, tag in names.items():
                 if row.get(key) is not None:
@@ -134,8 +139,12 @@ def _write_outputs(json_path, result, save_path, trainer) -> None:
     """The JSON first (small, and the record of the run), then the model. A failure after
     a finished run is one line that says what was and was not written."""
     written = []
+    def save():
+        trainer.save(save_path)
+        results.note_written(save_path)
+
     for path, write in ((json_path, lambda: results.write_json(json_path, result)),
-                        (save_path, lambda: trainer.save(save_path))):
+                        (save_path, save)):
         if not path:
             continue
         try:
@@ -150,9 +159,9 @@ def _write_outputs(json_path, result, save_path, trainer) -> None:
 def _failed(trainer, ds, error: TrainingDiverged) -> dict:
     from .runtime import environment
 
-    return results.build("train", trainer.config.to_dict(), trainer.describe_runtime(),
-                         environment(), ds.identity(), {}, error.history, status="failed",
-                         error=str(error), failed_at_step=error.step, timing=TRAIN_TIMING)
+    return results.failed("train", trainer.config.to_dict(), trainer.describe_runtime(),
+                          environment(), ds.identity(), error, error.history,
+                          timing=TRAIN_TIMING)
 
 
 def _result(trainer, res, ds, peers) -> dict:
@@ -182,25 +191,16 @@ def evaluate_saved(path: str, data: str = "cifar10", batch_size: int = 1000) -> 
     """Load a model saved by `fastcifar train --save` (Keras safe mode) and evaluate it on
     the test split of `data` as training evaluated it: the normalisation and test-time
     views it recorded. Returns an `evaluate` result."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from . import data as data_mod
-    from . import model as _  # noqa: F401  (registers the saved layers)
-    from .errors import UserError
     from .runtime import environment
+    from .saved import check_keras_file, load_serving_model
 
-    if not os.path.isfile(path):
-        raise UserError(f"no such model file {path}: pass a .keras file written by "
-                        f"`fastcifar train --save`")
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # not a zip, wrong layers, a Lambda refused by safe mode
-        raise UserError(f"cannot load {path} as a fastcifar model ({type(e).__name__}: "
-                        f"{gist(e)}); pass a file written by "
-                        f"`fastcifar train --save`") from None
+    check_keras_file(path)  # before any data is read: a bad file is refused at once
     ds = data_mod.load(data)
+    model = load_serving_model(path, ds.num_classes, checked=True)
     call = tf.function(lambda x: model(x, training=False))
     loss_sum = hits = 0.0
     for i in range(0, len(ds.x_test), batch_size):

@@ -54,6 +54,15 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def cpu_devices() -> int:
+    """TensorFlow's CPU devices: one, or the logical devices the CPU was split into
+    (`distribute.split_cpu`), counted without initialising TensorFlow."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    return len(tf.config.get_logical_device_configuration(cpu) or [None])
+
+
 def cpu_has_bf16() -> bool:
     return bool(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16"})
 
@@ -92,6 +101,13 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
                   else "no fast fp16 -> float32 + XLA"))
         device, kind = f"/GPU:{idx}", "GPU"
     else:
+        cpus = cpu_devices()
+        idx = int(want.split(":")[-1]) if want and ":" in want else 0
+        if idx >= cpus:
+            raise ConfigError(f"invalid device={want!r}: this machine has {cpus} CPU "
+                              f"device(s) for TensorFlow, /CPU:0"
+                              + (f" to /CPU:{cpus - 1}" if cpus > 1 else "")
+                              + "; the CPU's cores all serve /CPU:0")
         name = cpu_info()["model"]
         bf16 = cpu_has_bf16()
         auto_precision = "mixed_bfloat16" if bf16 else "float32"
@@ -99,7 +115,7 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
         why = ("CPU " + ("with native bf16 (AVX512_BF16/AMX) -> mixed_bfloat16" if bf16
                          else "without native bf16 -> float32")
                + "; XLA off (slower than oneDNN on CPU)")
-        device, kind = "/CPU:0", "CPU"
+        device, kind = f"/CPU:{idx}", "CPU"
     precision = auto_precision if config.precision == "auto" else config.precision
     xla = auto_xla if config.xla is None else bool(config.xla)
     # Measured (README): on CPU the uint8 set + normalise-in-step is as fast as a

@@ -134,6 +134,7 @@ class Trainer:
                                  if "whiten_bias" in str(getattr(v, "path", v.name))), None)
 
         self.data: Optional[DeviceData] = None  # the last data `prepare` put on the device
+        self.eval_batch = runtime.eval_batch_size  # per test set: `_test_shards` sets it
         self.compile_seconds = 0.0
         self._compiled_for: Optional[tuple] = None  # (n_train, n_test) compiled by `compile`
         self._make_functions()
@@ -231,13 +232,23 @@ class Trainer:
         return lr_tensor(self.step, self.total_steps, cfg.peak_fraction, cfg.lr_peak,
                          cfg.batch_size, start=cfg.lr_start, end=cfg.lr_end)
 
-    def _use_training_set_of(self, n_train: int) -> None:
-        """Size the schedule and the epoch table for a training set of `n_train` images
-        (here, outside the compiled step: XLA cannot change a variable's shape)."""
+    def check_budget(self, n_train: int) -> int:
+        """Steps per epoch on `n_train` images, refusing a batch larger than the set or a
+        run of less than one step (one line each, before any work)."""
         steps = self.steps_per_epoch(n_train)
         if steps < 1:
             raise ConfigError(f"invalid batch_size={self.config.batch_size}: larger than the "
                               f"{n_train} training images; lower --batch-size")
+        if self.total_steps_for(n_train) < 1:
+            raise ConfigError(f"invalid epochs={self.config.epochs}: less than one step "
+                              f"({steps} steps make an epoch here); use at least "
+                              f"--epochs {1 / steps:.6g}")
+        return steps
+
+    def _use_training_set_of(self, n_train: int) -> None:
+        """Size the schedule and the epoch table for a training set of `n_train` images
+        (here, outside the compiled step: XLA cannot change a variable's shape)."""
+        steps = self.check_budget(n_train)
         self.epoch_steps.assign(steps)
         self.total_steps.assign(self.total_steps_for(n_train))
         if int(tf.shape(self.perm)[0]) != n_train:
@@ -274,7 +285,10 @@ class Trainer:
     def _test_shards(self, x_test: np.ndarray, y_test: np.ndarray):
         """Pad the test set with zero-weight images to R equal shards of whole eval
         batches; replica r gets shard r, so every test image is counted exactly once."""
-        eval_batch, count = self.runtime_config.eval_batch_size, len(x_test)
+        count = len(x_test)
+        # never more padding than test images: a batch above the shard is the shard
+        self.eval_batch = eval_batch = min(self.runtime_config.eval_batch_size,
+                                           -(-count // self.replicas))
         padding = (-count) % (eval_batch * self.replicas)
         x = np.concatenate([x_test, np.zeros((padding, 32, 32, 3), np.uint8)])
         y = np.concatenate([y_test, np.zeros(padding, np.int32)]).astype(np.int32)
@@ -429,7 +443,7 @@ class Trainer:
     def _eval_shard(self, x, y, w, mean, std, n_batches):
         """Sums of loss, hits and weights over the first `n_batches` eval batches of this
         replica's shard of the test set (all of them, except when compiling)."""
-        eval_batch = self.runtime_config.eval_batch_size
+        eval_batch = self.eval_batch
         batches = x.shape[0] // eval_batch
         x = tf.reshape(x, [batches, eval_batch] + list(x.shape[1:]))
         y, w = tf.reshape(y, [batches, eval_batch]), tf.reshape(w, [batches, eval_batch])
@@ -563,8 +577,7 @@ class Trainer:
     def evaluate_prepared(self, data: DeviceData) -> dict:
         """Over every test image once; with `ema`, using the averaged weights."""
         with self.evaluated_weights():
-            batches = self.placement.copies(data.x_test)[0].shape[0] \
-                // self.runtime_config.eval_batch_size
+            batches = self.placement.copies(data.x_test)[0].shape[0] // self.eval_batch
             loss, hits, count = (t.numpy() for t in self._eval_fn(
                 data.x_test, data.y_test, data.w_test, data.mean, data.std,
                 tf.constant(batches, tf.int32)))
@@ -766,6 +779,9 @@ def check_model(model, num_classes: int, precision: str, run: bool = True) -> No
     try:
         dtype = keras.DTypePolicy(precision).compute_dtype
         logits = model(tf.zeros([2, 32, 32, 3], dtype), training=False)
+    except SystemExit as e:  # sys.exit() in a user's layer is not the command's exit
+        raise ConfigError(f"the model called sys.exit({e.code!r}) when run: a model must "
+                          f"return logits") from None
     except Exception as e:  # a layer that cannot run in this dtype, a broken graph
         raise ConfigError(f"the model does not run under {precision} "
                           f"({type(e).__name__}: {gist(e)}); build it "

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import stat
 import tempfile
 from typing import Iterable, Iterator, List, Optional
 
@@ -33,9 +34,38 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
             os.unlink(tmp)
 
 
-def write_text(path: str, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
+def read_regular(path, limit: int, what: str, error=UserError) -> bytes:
+    """A regular file's bytes, refusing (with `error`) anything else, since a FIFO blocks
+    forever and a device never ends, and anything above `limit` bytes, before reading.
+    A missing file raises FileNotFoundError, for the caller to word."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise error(f"cannot read {what} {path} ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} is not a regular file (a folder, FIFO or device): pass the "
+                        f"{what} itself, or remove what stands in its place")
+        if st.st_size > limit:
+            raise error(f"{path} is {st.st_size} bytes, above the {limit}-byte limit of a "
+                        f"{what}: it is not one")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 24, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    blob = b"".join(chunks)
+    if len(blob) > limit:
+        raise error(f"{path} grew past the {limit}-byte limit of a {what} while it was "
+                    f"read: it is not one")
+    return blob
 
 
 def content_hash(*arrays) -> str:

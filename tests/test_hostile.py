@@ -470,3 +470,501 @@ def test_a_stale_heartbeat_variable_does_not_turn_supervision_off(tmp_path):
                    "FASTCIFAR_SUPERVISOR_PID": "-1"}, timeout=120)
     one_line_exit_2(out, "start-up timed out")
     assert time.monotonic() - t0 < 90
+
+
+# === round two ===========================================================================
+
+# --- 0. every recipe's model saves, loads in safe mode and evaluates to its accuracy -----
+
+def _recipe_variants():
+    from fastcifar.config import RECIPES
+
+    variants = [(name, {}) for name in RECIPES]  # a new recipe is covered when it lands
+    return variants + [("airbench94", {"muon_lr": 0.24})]
+
+
+@pytest.mark.parametrize("name,extra", _recipe_variants(),
+                         ids=[n + ("+muon" if e else "") for n, e in _recipe_variants()])
+def test_every_recipe_saves_loads_in_safe_mode_and_evaluates_to_its_accuracy(
+        tmp_path, name, extra):
+    from fastcifar.config import RuntimeConfig, recipe
+    from fastcifar.run import evaluate_saved, run_training
+
+    cfg = recipe(name, width=4, batch_size=64, epochs=2, target=None, **extra)
+    r = run_training(cfg, RuntimeConfig(eval_batch_size=128), "learnable:512",
+                     json_path=str(tmp_path / "r.json"), save_path=str(tmp_path / "m.keras"))
+    ev = evaluate_saved(str(tmp_path / "m.keras"), "learnable:512")  # Keras safe mode
+    assert ev["metrics"]["test_images"] == 102
+    assert abs(ev["metrics"]["final_test_acc"] - r["metrics"]["final_test_acc"]) <= 0.001
+    assert ev["metrics"]["final_test_loss"] == pytest.approx(r["metrics"]["final_test_loss"],
+                                                             rel=1e-3)
+    assert ev["config"]["recorded"]["test_time_views"]["mode"] == cfg.tta
+
+
+# --- 1. the unpickler builds nothing a pickle does not hold -------------------------------
+
+class _Encode:
+    """`_codecs.encode(inner, codec)` when pickled."""
+
+    def __init__(self, inner, codec):
+        self.inner, self.codec = inner, codec
+
+    def __reduce__(self):
+        import _codecs
+
+        return (_codecs.encode, (self.inner, self.codec))
+
+
+def _batch_with(data_field) -> bytes:
+    return pickle.dumps({b"data": data_field, b"labels": [0] * 20}, protocol=2)
+
+
+def test_a_pickle_that_nests_encodes_is_refused(tmp_path, batches):
+    """Nested hex encodes double the bytes at every level: 12 levels turn 1 kB into 4 MB
+    (30 would be gigabytes). Only latin1 text is admitted."""
+    bomb = "x" * 1000
+    for _ in range(12):
+        bomb = _Encode(bomb, "hex" if not isinstance(bomb, str) else "latin1")
+    blob = _batch_with(bomb)
+    assert len(blob) < 2000
+    folder = write_batches_dir(tmp_path / "c", batches)
+    (folder / "data_batch_1").write_bytes(blob)
+    with pytest.raises(DataError, match=r"data_batch_1: refusing _codecs.encode with codec "
+                                        r"'hex'") as e:
+        data.load(str(folder))
+    assert "\n" not in str(e.value)
+
+
+def test_a_pickle_that_re_encodes_one_text_is_capped(tmp_path, batches):
+    """One memoised text encoded 500 times builds 500 times the bytes the file holds: the
+    whole unpickled object may not hold more bytes than the pickle."""
+    text = "y" * 10_000
+    blob = pickle.dumps({b"data": [_Encode(text, "latin1") for _ in range(500)],
+                         b"labels": [0] * 20}, protocol=2)
+    assert len(blob) < 20_000  # the text is stored once, then fetched from the memo
+    folder = write_batches_dir(tmp_path / "c", batches)
+    (folder / "data_batch_1").write_bytes(blob)
+    with pytest.raises(DataError, match="builds more bytes than the file holds"):
+        data.load(str(folder))
+    # what the official archives and fixtures hold still loads: protocol-2 bytes included
+    (folder / "data_batch_1").write_bytes(
+        __import__("fakes").batch_bytes(*batches["data_batch_1"], "data_batch_1"))
+    assert len(data.load(str(folder)).x_train) == 100
+
+
+# --- 2. a .keras zip bomb is refused before Keras opens it -------------------------------
+
+def _keras_zip(path, weights: bytes, method=None):
+    import zipfile
+
+    method = zipfile.ZIP_DEFLATED if method is None else method
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", "{}")
+        z.writestr("config.json", "{}")
+        z.writestr(zipfile.ZipInfo("model.weights.h5"), weights, compress_type=method)
+    return path
+
+
+def _h5_bytes(**dataset_kwargs) -> bytes:
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.create_dataset("layers/dense/vars/0", **dataset_kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make,needle", [
+    # 8 MB of zeros deflated to ~8 kB: a thousandfold (the issue's was 1.7 MB -> 3.7 GB)
+    (lambda p: _keras_zip(p, bytes(8 << 20)), "member model.weights.h5 would expand"),
+    # stored as is, but the HDF5 dataset inside is gzip-compressed zeros
+    (lambda p: _keras_zip(p, _h5_bytes(data=np.zeros((2048, 1024), np.float32),
+                                       compression="gzip"), method=0),
+     "weights /layers/dense/vars/0 in model.weights.h5 would expand"),
+])
+def test_a_keras_zip_bomb_is_refused_before_keras_opens_it(tmp_path, monkeypatch, capsys,
+                                                           make, needle):
+    import keras
+
+    from fastcifar import cli
+
+    opened = []
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: opened.append(a))
+    path = make(tmp_path / "bomb.keras")
+    assert path.stat().st_size < 200_000
+    code = cli.main(["evaluate", str(path), "--data", "learnable:64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert opened == []
+
+
+# --- 3. a download stops at the archive's size --------------------------------------------
+
+def test_an_endless_download_stops_at_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_download_cap", lambda fmt: 3 << 20)
+    monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTCIFAR_CIFAR10_URL", "file:///dev/zero")
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"file:///dev/zero sends more than 3145728 bytes"):
+        data.load("cifar10")
+    assert time.monotonic() - t0 < 30
+    assert list((tmp_path / "cache").iterdir()) == []  # no partial file left
+
+
+def test_a_download_declaring_too_many_bytes_is_refused_before_reading(tmp_path,
+                                                                      monkeypatch):
+    import http.server
+    import threading
+
+    sent = []
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(bytes(1 << 16))
+                    sent.append(1)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FASTCIFAR_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTCIFAR_CIFAR10_URL",
+                       f"http://127.0.0.1:{server.server_address[1]}/c.tgz")
+    try:
+        with pytest.raises(DataError, match="sends more than"):
+            data.load("cifar10")
+    finally:
+        server.shutdown()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+# --- 4. compare reads regular files only, and only so much ---------------------------------
+
+def test_compare_refuses_a_fifo_a_device_and_an_oversized_file(tmp_path, monkeypatch, capsys):
+    from fastcifar import cli, results
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"schema_version": 1}))
+    os.mkfifo(tmp_path / "fifo.json")
+    for path, needle in ((tmp_path / "fifo.json", "not a regular file"),
+                         ("/dev/zero", "not a regular file")):
+        t0 = time.monotonic()
+        assert cli.main(["compare", str(path), str(good)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert time.monotonic() - t0 < 10  # no wait for a writer that never comes
+    monkeypatch.setattr(results, "MAX_RESULT_BYTES", 100)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"schema_version": 1, "pad": "x" * 200}))
+    assert cli.main(["compare", str(big), str(good)]) == 2
+    assert "above the 100-byte limit of a result file" in capsys.readouterr().err
+
+
+# --- 5. no digest is remembered: a forged one names nothing -------------------------------
+
+def test_a_forged_digest_sidecar_cannot_name_an_archive_cifar10(tmp_path, batches,
+                                                                monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("FASTCIFAR_DATA", str(cache))
+    monkeypatch.setenv("FASTCIFAR_CIFAR10_URL", "http://127.0.0.1:9/nothing")
+    fake = write_archive(cache / "cifar-10-python.tar.gz", batches)
+    st = fake.stat()
+    (cache / "cifar-10-python.tar.gz.sha256").write_text(
+        f"{st.st_size} {st.st_mtime_ns} {data.CIFAR10_SHA256}")  # a forged remembered digest
+    with pytest.raises(DataError, match="could not download"):
+        data.load("cifar10")  # the fake is hashed, found wrong, and fetched again
+    assert not (cache / "cifar-10-python.tar.gz").exists()
+
+
+# --- 6. no output overwrites an input -----------------------------------------------------
+
+def test_an_output_that_is_also_an_input_is_refused(tmp_path, batches, monkeypatch, capsys):
+    from fastcifar import cli
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"a model, precious")
+    archive = write_archive(tmp_path / "a.tar.gz", batches)
+    before = archive.read_bytes()
+    os.link(archive, tmp_path / "hardlink.json")
+    (tmp_path / "r.png").write_text("{}")  # a result, however it is named
+    cases = [
+        (["evaluate", str(model), "--json", str(model)], "--json"),
+        (["train", *TINY[2:], "--data", str(archive), "--json", str(archive)], "--json"),
+        (["train", *TINY[2:], "--data", str(archive), "--json",
+          str(tmp_path / "hardlink.json")], "--json"),
+        (["bench", "step", "--width", "4", "--data", str(archive), "--json", str(archive)],
+         "--json"),
+        (["train", *TINY[2:], "--data", str(tmp_path), "--save", str(tmp_path / "x.keras")],
+         "lies inside the input folder"),
+        (["report", str(tmp_path / "r.png"), "-o", str(tmp_path / "r.png")], "--output"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and ("also the input" in err or "inside" in err), err
+        assert len(err.splitlines()) == 1, err
+    assert model.read_bytes() == b"a model, precious" and archive.read_bytes() == before
+    assert (tmp_path / "r.png").read_text() == "{}" and not (tmp_path / "x.keras").exists()
+
+
+# --- 7. divergence is a failed result in every benchmark ----------------------------------
+
+def test_a_diverged_step_benchmark_fails_with_a_failed_result(tmp_path):
+    out = run("bench", "step", "--data", "learnable:512", "--width", "4", "--batch-size",
+              "64", "--steps", "4", "--reps", "2", "--lr-peak", "1e6", "--precision",
+              "float32", "--json", str(tmp_path / "s.json"))
+    one_line_exit_2(out, "training diverged")
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["status"] == "failed" and r["benchmark"] == "step" and r["metrics"] == {}
+    one_line_exit_2(run("compare", str(tmp_path / "s.json"), str(tmp_path / "s.json")),
+                    "failed run")
+
+
+def test_a_diverged_accuracy_benchmark_writes_its_failed_result(tmp_path, capsys):
+    from fastcifar import cli
+
+    code = cli.main(["bench", "accuracy", *TINY, "--lr-peak", "1e6", "--target", "0.5",
+                     "--json", str(tmp_path / "a.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "training diverged" in err and len(err.splitlines()) == 1, err
+    r = json.loads((tmp_path / "a.json").read_text())
+    assert r["status"] == "failed" and r["benchmark"] == "accuracy"
+    assert "diverged" in r["error"] and r["metrics"] == {}
+
+
+# --- 8. a budget of less than one step is refused ------------------------------------------
+
+def test_a_run_of_less_than_one_step_is_refused(tmp_path, capsys):
+    from fastcifar import cli
+
+    code = cli.main(["train", *TINY, "--epochs", "1e-300", "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr()
+    assert code == 2 and "invalid epochs=1e-300: less than one step (8 steps make an epoch" \
+        in err.err, err.err
+    assert "fastcifar train:" not in err.out  # refused before the run's header is printed
+    assert not (tmp_path / "r.json").exists()
+
+
+# --- 9. what an interrupted command says is what is on disk --------------------------------
+
+def test_sigterm_while_the_model_is_saved_says_the_json_was_written(tmp_path):
+    code = ("import os, signal, time, sys\n"
+            "from fastcifar import cli, train\n"
+            "def save(self, path, mean=None, std=None):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "train.Trainer.save = save\n"
+            f"sys.exit(cli.main({[*TINY, '--json', str(tmp_path / 'r.json'), '--save', str(tmp_path / 'm.keras')]!r}))\n")
+    code = code.replace("cli.main([", "cli.main(['train', ")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    assert out.returncode == 143, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == (f"fastcifar: terminated; written before the stop: {tmp_path / 'r.json'}; "
+                    f"nothing else"), last
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+# --- 10. sys.exit in a user's module is an error naming it ---------------------------------
+
+@pytest.mark.parametrize("source,needle", [
+    ("import sys\nsys.exit(0)\n", "importing exiting called sys.exit(0)"),
+    ("import sys\ndef f(policy):\n    sys.exit(0)\n", "building the model with f() called "
+                                                     "sys.exit(0)"),
+])
+def test_a_net_module_that_calls_sys_exit_is_an_error(tmp_path, source, needle):
+    (tmp_path / "exiting.py").write_text(source)
+    out = run("train", *TINY, "--net", "exiting:f", "--no-whiten", cwd=tmp_path,
+              env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    one_line_exit_2(out, needle)
+
+
+# --- 11. one line, not a traceback ---------------------------------------------------------
+
+def test_a_deterministic_step_benchmark_runs(tmp_path):
+    """Op determinism refuses unseeded random ops: the conv peak's inputs are seeded."""
+    out = run("bench", "step", "--deterministic", "--data", "learnable:256", "--width", "4",
+              "--batch-size", "64", "--steps", "1", "--reps", "1", "--precision", "float32",
+              "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "s.json").read_text())["runtime"]["deterministic"] is True
+
+
+def _saved_keras(path, inputs, outputs):
+    import keras
+
+    image = keras.Input(inputs)
+    x = keras.layers.Flatten()(image)
+    x = keras.layers.Dense(int(np.prod(outputs)))(x)
+    x = keras.layers.Reshape(outputs)(x) if len(outputs) > 1 else x
+    keras.Model(image, x).save(path)
+    return path
+
+
+@pytest.mark.parametrize("inputs,outputs,needle", [
+    ((28, 28, 1), (10,), "takes inputs of shape [(None, 28, 28, 1)]"),
+    ((32, 32, 3), (5,), "gives outputs of shape [(None, 5)], not one (None, 10)"),
+    ((32, 32, 3), (2, 5), "gives outputs of shape [(None, 2, 5)]"),
+])
+def test_evaluate_refuses_a_model_of_the_wrong_shape(tmp_path, capsys, inputs, outputs,
+                                                     needle):
+    from fastcifar import cli
+
+    path = _saved_keras(tmp_path / "m.keras", inputs, outputs)
+    assert cli.main(["evaluate", str(path), "--data", "learnable:64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_an_image_folder_with_names_that_are_not_utf8_trains(tmp_path):
+    import tensorflow as tf
+
+    root = os.path.join(os.fsencode(tmp_path), b"imgs\xff")
+    for split in (b"train", b"test"):
+        for cls in (b"a", b"b\xfe"):
+            folder = os.path.join(root, split, cls)
+            os.makedirs(folder)
+            for i in range(4):
+                pixels = np.full((32, 32, 3), 40 * i + (100 if cls == b"a" else 0), np.uint8)
+                with open(os.path.join(folder, b"%d\xfd.png" % i), "wb") as f:
+                    f.write(tf.io.encode_png(pixels).numpy())
+    out = subprocess.run([sys.executable, "-m", "fastcifar.cli", "train", "--data",
+                          os.fsdecode(root), "--width", "4", "--batch-size", "4", "--epochs",
+                          "1", "--precision", "float32", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert b"folder:imgs\\udcff" in out.stdout  # printed, escaped
+    assert json.loads((tmp_path / "r.json").read_text())["dataset"]["num_classes"] == 2
+
+
+BAD_2 = [
+    (["train", "--epochs", "1e300"], "invalid epochs=1e+300"),
+    (["train", "--eval-batch-size", "10000000"], "invalid eval_batch_size=10000000"),
+    (["train", "--eval-batch-size", "1e29"], "invalid int value: '1e29'"),
+    (["train", "--eval-batch-size", "1" + "0" * 29], "invalid eval_batch_size="),
+    (["train", "--lr-peak", "1e308"], "invalid lr_peak=1e+308: must be a finite float32"),
+    (["train", "--device", "/CPU:7"], "invalid device='/CPU:7': this machine has 1 CPU"),
+    (["train", "--logdir", "afile"], "cannot write TensorBoard scalars into afile"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_2, ids=[" ".join(a)[:40] for a, _ in BAD_2])
+def test_bad_flags_are_one_line_round_two(args, needle, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line_exit_2(run(*args[:1], *TINY, *args[1:], cwd=tmp_path), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_eval_batch_above_the_test_set_is_the_test_set(tmp_path):
+    from fastcifar.config import RuntimeConfig, recipe
+    from fastcifar.train import Trainer
+
+    tr = Trainer(recipe("davidnet", width=4, batch_size=32, epochs=1),
+                 RuntimeConfig(precision="float32", eval_batch_size=60000))
+    ds = data.synthetic(64, 50, learnable=True)
+    ev = tr.evaluate(ds)  # 50 test images, not 60,000 padded ones
+    assert ev["count"] == 50 and tr.eval_batch == 50
+    assert tr.data.x_test.shape[0] == 50
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda r: r["metrics"].update(images_per_sec=10 ** 400), "not a finite number"),
+    (lambda r: r.update(calibration="fast"), "has no machine calibration"),
+])
+def test_compare_refuses_unreadable_numbers_in_one_line(tmp_path, capsys, change, needle):
+    from fastcifar import cli, results
+
+    r = results.build("bench", {"width": 4}, {"device_name": "cpu", "device_kind": "CPU"},
+                      {}, {"sha256": "x"}, {"images_per_sec": 100.0, "step_ms": 10.0},
+                      benchmark="step", calibration={"gflops": 50.0})
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    change(r)
+    (tmp_path / "b.json").write_text(json.dumps(r))
+    assert cli.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                     "--normalize"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_a_tf_config_nested_too_deeply_is_one_line():
+    from fastcifar import cluster
+    from fastcifar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        cluster.parse_tf_config("[" * 60_000 + "]" * 60_000)
+
+
+def test_report_of_huge_values_is_one_line_and_a_long_history_is_thinned(tmp_path, capsys,
+                                                                         monkeypatch):
+    from fastcifar import cli, report
+
+    base = {"schema_version": 1, "command": "train"}
+    (tmp_path / "huge.json").write_text(json.dumps(
+        {**base, "history": [{"seconds": 1e308, "test_acc": 0.5},
+                             {"seconds": -1e308, "test_acc": 1e308}]}))
+    assert cli.main(["report", str(tmp_path / "huge.json"), "-o", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot plot" in err and "out of range" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a.png").exists()
+    rows = [{"seconds": float(i), "test_acc": (i % 7) / 7} for i in range(100_001)]
+    (tmp_path / "long.json").write_text(json.dumps({**base, "history": rows}))
+    drawn = []
+    real = report._curve
+    monkeypatch.setattr(report, "_curve", lambda r: drawn.append(real(r)) or drawn[-1])
+    assert cli.main(["report", str(tmp_path / "long.json"), "-o", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 0
+    assert len(drawn[0]) <= report.MAX_POINTS + 1 and drawn[0][-1] == [100000.0, 100000 % 7 / 7]
+
+
+# --- 12. smaller ----------------------------------------------------------------------------
+
+def test_target_auto_is_the_recipes_on_cifar10_and_none_on_other_data(tmp_path, capsys):
+    from fastcifar import cli
+
+    loud = [a for a in TINY if a != "--quiet"]
+    assert cli.main(["train", *loud, "--target", "auto", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["target"] is None
+    assert "no target" in out and "94.00%" not in out  # not measured against CIFAR-10's
+
+
+def test_generated_data_is_not_measured_against_a_cifar10_target(tmp_path, capsys):
+    from fastcifar import cli
+
+    assert cli.main(["train", *[a for a in TINY if a != "--quiet"]]) == 0
+    out = capsys.readouterr().out
+    assert "no target" in out and "target 94.00% not reached" not in out
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_no_events_file(tmp_path):
+    logdir = tmp_path / "tb"
+    errors = open(tmp_path / "stderr.txt", "w+")
+    p = subprocess.Popen([sys.executable, "-m", "fastcifar.cli", "train", "--data",
+                          "learnable:4096", "--width", "16", "--batch-size", "64",
+                          "--epochs", "20", "--steps-per-call", "1", "--logdir", str(logdir)],
+                         stdout=subprocess.PIPE, stderr=errors, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and "step/s" not in open(errors.name).read():
+            assert p.poll() is None, open(errors.name).read()[-2000:]
+            time.sleep(0.2)  # the first epoch is running
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143
+    assert "terminated; no result written" in open(errors.name).read()
+    assert not logdir.exists() or list(logdir.rglob("*")) == []
