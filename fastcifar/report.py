@@ -33,7 +33,7 @@ def _curve(result) -> list:
     else:
         points = [[_number(x), _number(y)]
                   for x, y in (result.get("metrics") or {}).get("curve") or []]
-    step = -(-len(points) // MAX_POINTS)  # every k-th point, and always the last
+    step = max(1, -(-len(points) // MAX_POINTS))  # every k-th point, and the last
     return points[::step] + ([points[-1]] if step > 1 and (len(points) - 1) % step else [])
 
 

@@ -121,7 +121,9 @@ def test_auto_picks_matmul_on_cpu_and_the_trainer_applies_the_choice():
     assert t.describe_runtime()["conv_grad"] == "library"  # what really ran
 
 
-@pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
+# bfloat16 keeps 8 bits: three steps of either gradient differ by up to 4.2% in the
+# whitening bias on one AMD EPYC (under 3% on another); a wrong tap would differ by ~100%
+@pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_bfloat16", 6e-2)])
 def test_training_steps_move_the_weights_as_the_library_gradient_does(precision, tol,
                                                                       monkeypatch):
     from fastcifar import model
