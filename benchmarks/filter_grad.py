@@ -5,7 +5,7 @@ time at airbench94's shapes (every map size its convolutions see) and DavidNet's
 
 Each is timed alone (median of --reps synchronised calls after one warm-up; compile
 excluded), with the forward convolution at the same shape for scale. This is what set
-`fastcifar.model.MATMUL_FILTER_GRAD_MAX_PIXELS`.
+`fastcifar.layers.MATMUL_FILTER_GRAD_MAX_PIXELS`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # one new function per shape is the point: no retrace warnings
-    from fastcifar.model import MATMUL_FILTER_GRAD_MAX_PIXELS, filter_grad_by_matmuls
+    from fastcifar.layers import MATMUL_FILTER_GRAD_MAX_PIXELS, filter_grad_by_matmuls
     from fastcifar.runtime import environment
     from fastcifar.util import cpu_info
 

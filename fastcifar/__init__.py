@@ -15,7 +15,7 @@ _LAZY = {
     "RECIPES": ("fastcifar.config", "RECIPES"),
     "load_data": ("fastcifar.data", "load"),
     "Dataset": ("fastcifar.data", "Dataset"),
-    "davidnet": ("fastcifar.model", "davidnet"),
+    "davidnet": ("fastcifar.davidnet", "davidnet"),
     "run_training": ("fastcifar.run", "run_training"),
 }
 

@@ -53,7 +53,7 @@ def conv_peak(model, device: str, precision: str, batch: int, repeats: int = 3) 
     compute dtype, forward and both backward convolutions (input and filter gradients)."""
     import tensorflow as tf
 
-    from .model import conv_layers
+    from .layers import conv_layers
 
     dtype = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
              "mixed_float16": tf.float16}[precision]
@@ -86,35 +86,6 @@ def conv_peak(model, device: str, precision: str, batch: int, repeats: int = 3) 
             "best": f"{best['op']} {best['shape']}", "measured": rows}
 
 
-def nvml_indices(devices: list) -> list:
-    """The NVML index of each TensorFlow GPU among `devices`, matched by PCI bus id (CUDA
-    and NVML number devices differently); None where no match can be made."""
-    from .monitor import nvml_index_for_pci_bus_id
-    from .runtime import pci_bus_id
-
-    out = []
-    for d in devices:
-        if "GPU" not in d.upper():
-            continue
-        bus = pci_bus_id("/GPU:" + d.rsplit(":", 1)[-1])
-        try:
-            out.append(None if bus is None else nvml_index_for_pci_bus_id(bus))
-        except Exception:  # NVML unusable: the monitor says why
-            out.append(None)
-    return out
-
-
-def monitor_for(devices: list, interval: float = 0.1):
-    """A utilisation monitor over the GPUs among the TensorFlow `devices`, or over the CPU
-    when there are none."""
-    from .monitor import Monitor
-
-    indices = nvml_indices(devices)
-    if not indices:
-        return Monitor(interval=interval, source="cpu")
-    return Monitor(interval=interval, gpu_indices=None if None in indices else indices)
-
-
 @contextlib.contextmanager
 def _failed_on_divergence(command: str, config: TrainConfig, runtime: RuntimeConfig, ds,
                           **extra):
@@ -127,7 +98,8 @@ def _failed_on_divergence(command: str, config: TrainConfig, runtime: RuntimeCon
         from .runtime import environment
 
         e.result = results.failed(command, config.to_dict(), runtime.to_dict(),
-                                  environment(), ds.identity(), e, e.history, **extra)
+                                  environment(), ds.identity(), e, e.history,
+                                  runtime_config=runtime.to_dict(), **extra)
         raise
 
 
@@ -314,6 +286,10 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
     return results.build("bench", config.to_dict(), head["runtime"], environment(),
                          ds.identity(), metrics, benchmark="step", sweep=sweep,
                          calibration=calibration,
+                         runtime_config=runtime.replace(steps_per_call=steps).to_dict(),
+                         benchmark_settings={"steps": steps, "reps": reps,
+                                             "batch_sizes": list(batch_sizes),
+                                             "compare": compare, "pairs": pairs},
                          timing="step_ms: one synchronised call of `steps` steps / steps; "
                                 "compile_seconds measured apart, first real call untimed")
 
@@ -365,6 +341,8 @@ def accuracy_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
     }
     return results.build("bench", config.to_dict(), described, environment(), ds.identity(),
                          metrics, benchmark="accuracy", runs=per_run,
+                         runtime_config=runtime.to_dict(),
+                         benchmark_settings={"runs": runs},
                          calibration=calibrate_machine(), timing=ACCURACY_TIMING,
                          note=None if ds.name == "cifar10" else
                          f"not CIFAR-10: dataset {ds.name}, target declared by the user")
@@ -422,6 +400,7 @@ def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
     return results.build("bench", config.to_dict(), runtime.to_dict(), environment(),
                          ds.identity(), {"final_test_acc": rows[0]["final_test_acc_mean"]},
                          benchmark="ablate", ablation=rows, budget_epochs=budget,
+                         runtime_config=runtime.to_dict(),
                          seeds=seeds, calibration=calibrate_machine())
 
 

@@ -178,6 +178,7 @@ def cmd_train(args) -> int:
         peers = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
         return cluster.supervise(args.argv, peers, runtime.peer_timeout)
     import_tensorflow_quietly()
+    from .metrics import epoch_header, epoch_line
     from .run import run_training
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -192,15 +193,10 @@ def cmd_train(args) -> int:
             f"{cfg.batch_size}, width {cfg.width}, {resolved.precision}, XLA "
             f"{'on' if resolved.xla else 'off'} on {where} ({resolved.device_name}); data "
             f"{ds.name} ({len(ds.x_train)} train / {len(ds.x_test)} test)")
-        say(f"{'epoch':>5} {'lr':>7} {'train loss':>10} {'train acc':>9} {'test loss':>9} "
-            f"{'test acc':>8} {'seconds':>8} {'img/s':>7}")
+        say(epoch_header())
 
     def on_epoch(row):
-        test = (f"{row['test_loss']:>9.4f} {row['test_acc']:>8.4f}"
-                if row["test_acc"] is not None else f"{'-':>9} {'-':>8}")
-        say(f"{row['epoch']:>5} {row['lr']:>7.4f} {row['train_loss']:>10.4f} "
-            f"{row['train_acc']:>9.4f} {test} {row['seconds']:>8.1f} "
-            f"{row['images_per_sec']:>7.0f}")
+        say(epoch_line(row))
 
     if args.profile == "" and not args.logdir:
         raise UserError("--profile without a folder needs --logdir (the trace goes there)")

@@ -4,8 +4,10 @@ A metric fails only when it is worse than the threshold AND the two runs' spread
 overlap (the current run's best is worse than the baseline's worst), so noise alone does
 not fail a build. Accuracy is compared in percentage points; for accuracy benchmarks the
 share of runs reaching the target may not drop, and a target the baseline reached must be
-reached. Unusable input (another benchmark, dataset, device or configuration, a failed
-run, a value that is not a finite number) is exit 2, never a pass. `--normalize` divides
+reached. Unusable input (another benchmark, dataset or device, a setting that differs, a
+run that did not finish, a value that is not a finite number, nothing to compare) is exit
+2, never a pass. Which settings must match is derived from their declarations
+(`fastcifar.config`); the runtime values `auto` resolved are shown, not refused. `--normalize` divides
 throughput by each run's machine calibration (a numpy matmul measured in the same run),
 which means something for CPU results only.
 """
@@ -15,22 +17,15 @@ from __future__ import annotations
 import math
 
 from .errors import UserError
+from .metrics import GATED_BENCHMARKS, gated
 from .results import read_json
 from .util import parse_fraction as _parse_fraction
 
-# benchmark -> metric -> which way is better
-GATED = {
-    "step": {"images_per_sec": "higher", "step_ms": "lower"},
-    "accuracy": {"final_test_acc": "higher", "fraction_reaching_target": "higher",
-                 "seconds_to_target": "lower"},
-}
-# what must match for two results to measure the same thing
-SAME_CONFIG = {
-    "step": ("recipe", "width", "batch_size", "dropout", "whiten", "activation", "sync_bn"),
-    "accuracy": ("recipe", "width", "batch_size", "epochs", "lr_peak", "dropout", "cutout",
-                 "label_smoothing", "ema", "tta", "whiten", "target"),
-}
-SAME_RUNTIME = ("precision", "xla", "data_layout", "replicas")
+# benchmark -> metric -> which way is better (declared in `fastcifar.metrics`)
+GATED = {benchmark: gated(benchmark) for benchmark in GATED_BENCHMARKS}
+# what `auto` resolved to: shown when it differs, and left to the timing to judge (a
+# candidate whose `auto` picks a slower path is a regression, not another configuration)
+RESOLVED = ("precision", "xla", "conv_grad", "data_layout")
 
 
 def _number(path: str, name: str, value):
@@ -77,20 +72,39 @@ def _checked(path: str) -> dict:
     for key in ("metrics", "config", "runtime", "dataset"):
         if not isinstance(result.get(key), dict):
             raise UserError(f"{path}: {key!r} is not an object; is it a fastcifar result?")
-    if result.get("status") == "failed":
+    status = result.get("status")
+    if status == "failed":
         raise UserError(f"{path} is a failed run ({result.get('error', 'no reason given')}): "
                         f"it is not a measurement; re-run it")
+    if status != "ok":
+        raise UserError(f"{path} has status {status!r}, not 'ok': only a finished run is a "
+                        f"measurement; re-run it")
+    if not isinstance(result.get("runtime_config"), dict):
+        raise UserError(f"{path} does not record the runtime settings it ran with (an older "
+                        f"fastcifar wrote it): re-run the benchmark with this version")
     return result
 
 
-def _differences(base: dict, cur: dict, kind: str) -> list:
+def _differences(base: dict, cur: dict) -> list:
+    """Every compared setting (`fastcifar.config`: all but those declared `not_compared`)
+    whose requested value differs."""
+    from .config import RuntimeConfig, TrainConfig, settings
+
     out = []
-    for section, keys in (("config", SAME_CONFIG[kind]), ("runtime", SAME_RUNTIME)):
-        for key in keys:
-            a, b = base[section].get(key), cur[section].get(key)
+    for section, cls in (("config", TrainConfig), ("runtime_config", RuntimeConfig)):
+        for s in settings(cls):
+            if s.not_compared:
+                continue
+            a, b = base[section].get(s.name, s.default), cur[section].get(s.name, s.default)
             if a != b:
-                out.append(f"{key} {a!r} vs {b!r}")
+                out.append(f"{s.name} {a!r} vs {b!r}")
     return out
+
+
+def _resolved(base: dict, cur: dict) -> list:
+    """What `auto` chose differently on the two sides (shown, not refused)."""
+    return [f"{key} {base['runtime'].get(key)!r} vs {cur['runtime'].get(key)!r}"
+            for key in RESOLVED if base["runtime"].get(key) != cur["runtime"].get(key)]
 
 
 def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
@@ -116,21 +130,30 @@ def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
         if a != b and not force:
             raise UserError(f"different {what}: {a!r} vs {b!r}; pass --force to compare "
                             f"anyway")
-    differences = _differences(base, cur, kind)
+    differences = _differences(base, cur)
     if differences and not force:
         raise UserError(f"different configurations ({'; '.join(differences)}): they measure "
                         f"different things; pass --force to compare anyway")
     calib = _calibrations(baseline_path, base, current_path, cur) if normalize else None
     lines = [f"{'metric':<26} {'baseline':>14} {'current':>14} {'change':>10}  verdict"]
-    failed = False
+    failed, compared = False, 0
     for name, better in GATED[kind].items():
         a = _value_and_range(baseline_path, base["metrics"], name)
         b = _value_and_range(current_path, cur["metrics"], name)
         verdict, shown = _verdict(name, better, a, b, calib, max_regression, max_acc_drop_pp,
                                   baseline_path, current_path)
         failed |= verdict.startswith("FAIL")
+        compared += not verdict.startswith("skipped")
         va, vb = (None if x is None else x[0] for x in (a, b))
         lines.append(f"{name:<26} {_fmt(va):>14} {_fmt(vb):>14} {shown:>10}  {verdict}")
+    if not compared:
+        raise UserError(f"nothing to compare: every gated metric "
+                        f"({', '.join(GATED[kind])}) is null in both results; re-run the "
+                        f"benchmarks")
+    resolved = _resolved(base, cur)
+    if resolved:
+        lines.append("(auto resolved differently: " + "; ".join(resolved)
+                     + "; the timing above includes what that costs)")
     if differences:
         lines.append("(compared with --force although the configurations differ: "
                      + "; ".join(differences) + ")")

@@ -27,15 +27,17 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def setting(default, help: str, *, choices: tuple = (), low=None, high=None,
             low_open: bool = False, high_open: bool = False, hint: str = "",
-            parse=None, flag: bool = True):
+            parse=None, flag: bool = True, not_compared: str = ""):
     """A dataclass field that carries its own documentation and checks.
 
     `low`/`high` bound numbers (closed unless `*_open`); `choices` lists the allowed
     strings; `hint` is appended to the error; `parse` reads the command-line text;
-    `flag=False` keeps a field off the command line."""
+    `flag=False` keeps a field off the command line. The regression gate refuses two
+    results whose settings differ, every setting taking part unless `not_compared`
+    says why it does not change what is measured."""
     return field(default=default, metadata=dict(
         help=help, choices=tuple(choices), low=low, high=high, low_open=low_open,
-        high_open=high_open, hint=hint, parse=parse, flag=flag))
+        high_open=high_open, hint=hint, parse=parse, flag=flag, not_compared=not_compared))
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Setting:
     hint: str
     parse: Any
     flag: bool
+    not_compared: str   # why the gate may compare results that differ in it ("": it may not)
 
     @property
     def flag_name(self) -> str:
@@ -154,12 +157,14 @@ def _target(text: str):
 class TrainConfig(_Settings):
     """One training recipe. Defaults are the `davidnet` recipe (David Page's original)."""
 
-    recipe: str = setting("davidnet", "the recipe these values started from", flag=False)
+    recipe: str = setting("davidnet", "the recipe these values started from", flag=False,
+                          not_compared="a name: the values it set are compared one by one")
     net: str = setting("davidnet", "network: davidnet (ResNet-9, width c), airbench94 "
                        "(widths c, 4c, 4c), or your own as package.module:builder (a "
                        "function of the precision policy returning a Keras model)")
     num_classes: int = setting(10, "outputs of the net (the command line takes it from the "
-                               "data: 100 for cifar100)", low=2, high=100_000)
+                               "data: 100 for cifar100)", low=2, high=100_000,
+                               not_compared="follows the data, compared by its digest")
     epochs: float = setting(24, "epochs to train; a fraction trains part of the last one",
                             low=0, low_open=True, high=100_000)
     batch_size: int = setting(512, "global batch size (split evenly across replicas)", low=1,
@@ -216,7 +221,8 @@ class TrainConfig(_Settings):
     target: Optional[float] = setting(0.94, "test accuracy to reach, e.g. 0.93 or 93%",
                                       low=0, low_open=True, high=1, parse=_target)
     seed: int = setting(0, "random seed: initial weights, data order, augmentation", low=0,
-                        high=1_000_000)
+                        high=1_000_000, not_compared="another seed is another sample of the "
+                        "same configuration")
     strategy: str = setting("auto", "auto: one device; mirrored: every local GPU (or "
                             "--replicas logical CPU devices); multiworker: the cluster "
                             "in TF_CONFIG", choices=("auto", "mirrored", "multiworker"))
@@ -226,12 +232,14 @@ class TrainConfig(_Settings):
                             "replica's share")
 
     def _check_together(self) -> None:
-        from .flops import davidnet_parameters
+        from .nets import NETS
 
-        if self.net not in ("davidnet", "airbench94") and ":" not in self.net:
-            raise ConfigError(f"invalid net={self.net!r}: choose davidnet or airbench94, or "
+        if self.net not in NETS and ":" not in self.net:
+            raise ConfigError(f"invalid net={self.net!r}: choose {' or '.join(NETS)}, or "
                               f"give your own builder as package.module:function")
-        weights = 4 * 4 * davidnet_parameters(self.width)  # float32 weights, grads, slots
+        spec = NETS.get(self.net, NETS["davidnet"])  # a user's net: DavidNet's as a guess
+        # float32 weights, gradients, optimizer slots: a lower bound on what a step needs
+        weights = 4 * 4 * spec.parameters(self.width, self.num_classes)
         memory = physical_memory_bytes()
         if memory and weights > memory:
             raise ConfigError(f"invalid width={self.width}: its weights, gradients and "
@@ -250,10 +258,16 @@ class TrainConfig(_Settings):
         if self.strategy == "auto" and self.replicas > 1:
             raise ConfigError(f"invalid replicas={self.replicas}: needs strategy='mirrored' "
                               f"(one device otherwise)")
-        if self.replicas > 1 and self.batch_size % self.replicas:
-            raise ConfigError(f"invalid batch_size={self.batch_size}: it does not split "
-                              f"evenly across {self.replicas} replicas; use a multiple of "
-                              f"{self.replicas}")
+        if self.replicas > 1:
+            check_batch_split(self.batch_size, self.replicas)
+
+
+def check_batch_split(batch_size: int, replicas: int) -> None:
+    """Every replica takes an equal share of the global batch (the settings check it when
+    they name the replica count, the trainer once the devices are known)."""
+    if batch_size % replicas:
+        raise ConfigError(f"invalid batch_size={batch_size}: it does not split evenly "
+                          f"across {replicas} replicas; use a multiple of {replicas}")
 
 
 @dataclass(frozen=True)
@@ -277,10 +291,13 @@ class RuntimeConfig(_Settings):
                                    "test images per device)", low=1, high=1 << 16)
     eval_every: int = setting(1, "evaluate every N epochs (0 = only after the last); "
                               "every evaluation counts in the clock", low=0)
-    device: Optional[str] = setting(None, "e.g. /GPU:1 (default: first GPU, else CPU)")
+    device: Optional[str] = setting(None, "e.g. /GPU:1 (default: first GPU, else CPU)",
+                                    not_compared="the device is compared by its model name")
     peer_timeout: float = setting(120.0, "multiworker: seconds to wait for every worker to "
                                   "join, and for any step to make progress",
-                                  low=0, low_open=True)
+                                  low=0, low_open=True,
+                                  not_compared="a time limit: nothing computed depends "
+                                  "on it")
 
     def _check_together(self) -> None:
         import re

@@ -194,3 +194,13 @@ def distance_moved(a: list, b: list, start: list) -> float:
     from `start` (weights as lists of arrays)."""
     gap = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b)))
     return float(gap / np.sqrt(sum(np.sum((x - s) ** 2) for x, s in zip(a, start))))
+
+
+def check_xla(xla: bool, placement: "Placement", strategy: str) -> None:
+    """XLA across replicas needs GPUs: on logical CPU devices TensorFlow cannot compile a
+    step that applies gradients (it takes another path than on GPUs, and fails)."""
+    if xla and placement.distributed and any("GPU" not in d.upper()
+                                             for d in placement.devices):
+        raise ConfigError(f"invalid xla=True with strategy={strategy!r} on CPU devices: "
+                          "TensorFlow cannot compile a step that applies gradients across "
+                          "CPU replicas; drop --xla (XLA with tf.distribute needs GPUs)")

@@ -91,7 +91,7 @@ def check_mixed_precision(ds, resolved):
 
 
 def check_nvml_mapping(ds, resolved):
-    from .bench import nvml_indices
+    from .monitor import nvml_indices
     from .monitor import Monitor
 
     if resolved.device_kind != "GPU":

@@ -54,3 +54,12 @@ def davidnet_parameters(width: int, num_classes: int = 10) -> int:
                  + 2 * (8 * c) ** 2)
     batchnorm = 2 * (c + 2 * c * 3 + 4 * c + 8 * c * 3)
     return convs + batchnorm + 8 * c * num_classes
+
+
+def airbench94_parameters(width: int, num_classes: int = 10) -> int:
+    """Trainable weights of airbench94 at widths c, 4c, 4c, by hand: the whitening bias
+    (24; its 2x2 kernel is frozen), two 3x3 convs per group (24->c, c->c; c->4c, 4c->4c;
+    two 4c->4c), one BatchNorm bias per conv (scales frozen), the linear layer."""
+    c = width
+    convs = 9 * (24 * c + c * c + c * 4 * c + 3 * (4 * c) ** 2)
+    return 24 + convs + 2 * (c + 4 * c + 4 * c) + 4 * c * num_classes

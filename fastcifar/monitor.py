@@ -427,3 +427,31 @@ def headline(result: dict) -> dict:
         if k and metrics.get(k):
             out[key] = metrics[k]["median"]
     return out
+
+
+# --- wiring to TensorFlow's devices (TensorFlow imported only when called) ---------
+
+def nvml_indices(devices: list) -> list:
+    """The NVML index of each TensorFlow GPU among `devices`, matched by PCI bus id (CUDA
+    and NVML number devices differently); None where no match can be made."""
+    from .runtime import pci_bus_id
+
+    out = []
+    for d in devices:
+        if "GPU" not in d.upper():
+            continue
+        bus = pci_bus_id("/GPU:" + d.rsplit(":", 1)[-1])
+        try:
+            out.append(None if bus is None else nvml_index_for_pci_bus_id(bus))
+        except Exception:  # NVML unusable: the monitor says why
+            out.append(None)
+    return out
+
+
+def monitor_for(devices: list, interval: float = 0.1):
+    """A utilisation monitor over the GPUs among the TensorFlow `devices`, or over the CPU
+    when there are none."""
+    indices = nvml_indices(devices)
+    if not indices:
+        return Monitor(interval=interval, source="cpu")
+    return Monitor(interval=interval, gpu_indices=None if None in indices else indices)

@@ -42,14 +42,15 @@ class TutorialNesterov(keras.optimizers.Optimizer):
     Variables named in `muon` (conv filters, kept in the same optimizer so loss scaling,
     replicas and state snapshots treat them like any other) take airbench94_muon's Muon
     step instead: v <- mu'*v + g ; u = g + mu'*v ; w <- w * sqrt(out)/|w| ;
-    w <- w - lr * muon_lr_ratio * newton_schulz(u as out x (kh kw in))."""
+    w <- w - muon_lr * newton_schulz(u as out x (kh kw in)), where `muon_learning_rate` is
+    a number or a function of nothing (read once per step, like `learning_rate`)."""
 
     def __init__(self, learning_rate=0.01, momentum=0.9, name="tutorial_nesterov",
-                 muon=(), muon_lr_ratio=0.0, muon_momentum=0.6, **kwargs):
+                 muon=(), muon_learning_rate=0.0, muon_momentum=0.6, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.muon = tuple(muon)  # variable paths
-        self.muon_lr_ratio = float(muon_lr_ratio)
+        self.muon_learning_rate = muon_learning_rate
         self.muon_momentum = float(muon_momentum)
 
     def build(self, variables):
@@ -76,7 +77,9 @@ class TutorialNesterov(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         v = self._velocities[index]
         if index in self._muon_index:
-            self._muon_step(g, variable, v, lr * self.muon_lr_ratio)
+            rate = self.muon_learning_rate
+            self._muon_step(g, variable, v, ops.cast(rate() if callable(rate) else rate,
+                                                     variable.dtype))
             return
         mu = ops.cast(self.momentum, variable.dtype)
         self.assign(v, mu * v + g)
@@ -94,8 +97,10 @@ class TutorialNesterov(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
+        rate = self.muon_learning_rate
         config.update(momentum=self.momentum, muon=list(self.muon),
-                      muon_lr_ratio=self.muon_lr_ratio, muon_momentum=self.muon_momentum)
+                      muon_learning_rate=None if callable(rate) else float(rate),
+                      muon_momentum=self.muon_momentum)
         return config
 
 
@@ -116,15 +121,23 @@ def lr_numpy(step, total_steps: float, peak_fraction: float, lr_peak: float,
     return np.interp(np.asarray(step, np.float64), xs, ys) / batch_size
 
 
-def lr_tensor(step, total_steps, peak_fraction: float, lr_peak: float, batch_size: int,
-              start: float = 0.0, end: float = 0.0):
-    """The same schedule as a float32 tensor of the int64 step counter (compiles in XLA);
-    `total_steps` may be a tensor."""
+def schedule_factor(step, total_steps, peak_fraction: float, start: float = 0.0,
+                    end: float = 0.0):
+    """The schedule's shape as a float32 tensor of the int64 step counter (compiles in
+    XLA): start -> 1 at `peak_fraction` of the run -> end. Every rate is a constant times
+    it; `total_steps` may be a tensor."""
     t = tf.cast(step, tf.float32) / tf.cast(total_steps, tf.float32)  # progress, 0..1
     up = start + (1.0 - start) * t / peak_fraction if peak_fraction > 0 else tf.ones_like(t)
     down = 1.0 + (end - 1.0) * (t - peak_fraction) / (1.0 - peak_fraction)
     factor = tf.where(t < peak_fraction, up, tf.maximum(down, end))
-    return lr_peak * tf.clip_by_value(factor, 0.0, 1.0) / float(batch_size)
+    return tf.clip_by_value(factor, 0.0, 1.0)
+
+
+def lr_tensor(step, total_steps, peak_fraction: float, lr_peak: float, batch_size: int,
+              start: float = 0.0, end: float = 0.0):
+    """The per-example rate: `schedule_factor` x lr_peak / batch_size."""
+    return schedule_factor(step, total_steps, peak_fraction, start, end) \
+        * (lr_peak / float(batch_size))
 
 
 def l2_penalty(variables, weight_decay: float, batch_size: int, scales=None):
@@ -137,3 +150,22 @@ def l2_penalty(variables, weight_decay: float, batch_size: int, scales=None):
     total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) / k
                       for v, k in zip(variables, scales)])
     return 0.5 * weight_decay * batch_size * total
+
+
+def make_optimizer(engine):
+    """The engine's optimizer, built for its trainable variables: the tutorial's Nesterov
+    (Muon for `engine.muon_variables`) on the engine's schedule, wrapped in loss scaling
+    under float16."""
+    cfg = engine.config
+    inner = TutorialNesterov(learning_rate=engine.learning_rate, momentum=cfg.momentum,
+                             muon=[v.path for v in engine.muon_variables],
+                             muon_learning_rate=engine.muon_learning_rate,
+                             muon_momentum=cfg.muon_momentum)
+    optimizer = inner
+    if engine.loss_scaling:
+        # The loss is a sum over the batch, B times a mean: start the scale B times lower
+        # than Keras' 2**15 so the first steps are not all skipped as overflows.
+        initial_scale = max(2.0 ** (15 - int(np.log2(cfg.batch_size))), 1.0)
+        optimizer = keras.optimizers.LossScaleOptimizer(inner, initial_scale=initial_scale)
+    optimizer.build(engine.model.trainable_variables)
+    return optimizer

@@ -11,6 +11,7 @@ import math
 import os
 
 from .errors import UserError
+from .metrics import label
 from .results import note_written
 from .util import atomic_path
 
@@ -87,8 +88,8 @@ def render(results: list, path: str) -> None:
         if kind == "curve":
             for name, c in data:
                 ax.plot([p[0] for p in c], [100 * p[1] for p in c], marker="o", label=name)
-            ax.set_xlabel("seconds (data prep + training + evaluations; no compile)")
-            ax.set_ylabel("test accuracy (%)")
+            ax.set_xlabel(label("seconds"))
+            ax.set_ylabel(label("test_acc"))
             ax.set_title("accuracy vs time")
         elif kind == "steps":
             for i, (name, rows) in enumerate(data):
@@ -97,7 +98,7 @@ def render(results: list, path: str) -> None:
                     ax.errorbar([x], [s["median"]], yerr=[[s["median"] - s["p10"]],
                                                           [s["p90"] - s["median"]]],
                                 fmt="o", capsize=4, label=f"{name} b{s['batch_size']}")
-            ax.set_ylabel("step time (ms): median, p10-p90")
+            ax.set_ylabel(f"{label('step_ms')}: median, p10-p90")
             ax.set_xticks([])
             ax.set_title("step-time distribution")
         else:

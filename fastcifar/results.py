@@ -13,46 +13,19 @@ import time
 from typing import Any, Optional
 
 from .errors import UserError, gist
+from .metrics import info, undeclared
 from .util import atomic_path, read_regular
 
 SCHEMA_VERSION = 1
 
-# unit and direction of every metric a command may emit
-METRIC_INFO = {
-    "images_per_sec": ("images/s", "higher"),
-    "final_test_acc": ("fraction", "higher"),
-    "final_test_loss": ("nats/image", "lower"),
-    "seconds_to_target": ("s", "lower"),
-    "train_seconds": ("s", "lower"),
-    "prep_seconds": ("s", "lower"),
-    "compile_seconds": ("s", "lower"),
-    "steps_per_epoch": ("steps", "none"),
-    "peak_memory_bytes": ("bytes", "lower"),
-    "images_per_sec_spread": ("images/s", "higher"),
-    "step_ms": ("ms", "lower"),
-    "flops_per_image": ("FLOP/image (training step)", "none"),
-    "achieved_flops_per_sec": ("FLOP/s", "higher"),
-    "peak_flops_per_sec": ("FLOP/s", "none"),
-    "fraction_of_peak": ("fraction", "higher"),
-    "speedup_vs_tutorial": ("ratio", "higher"),
-    "speedup_vs_seed": ("ratio (old name of speedup_vs_tutorial, removed in 0.3)", "higher"),
-    "tutorial_images_per_sec": ("images/s", "none"),
-    "fast_images_per_sec": ("images/s", "higher"),
-    "final_test_acc_std": ("fraction", "lower"),
-    "fraction_reaching_target": ("fraction", "higher"),
-    "curve": ("[seconds, test accuracy]", "none"),
-    "load_seconds": ("s", "lower"),
-    "utilization": ("% (kernel-busy on GPU, share of all cores on CPU)", "higher"),
-    "weights_checksum": ("sha256 prefix of the final float32 weights", "none"),
-    "host_peak_rss_bytes": ("bytes (peak resident memory of the process)", "lower"),
-    "tutorial_peak_rss_bytes": ("bytes (peak resident memory of the tutorial's process)",
-                                "none"),
-    "eval_seconds": ("s", "lower"),
-}
-
-
 def build(command: str, config: dict, runtime: dict, environment: dict, dataset: dict,
           metrics: dict, history: Optional[list] = None, **extra: Any) -> dict:
+    """A result of the schema. Every metric and history field must be declared in
+    `fastcifar.metrics` (a ValueError otherwise: a bug, not bad input)."""
+    unknown = undeclared(metrics, history)
+    if unknown:
+        raise ValueError(f"undeclared metric(s) {unknown}: declare them in "
+                         f"fastcifar.metrics.METRICS")
     result = {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -62,8 +35,7 @@ def build(command: str, config: dict, runtime: dict, environment: dict, dataset:
         "environment": environment,
         "dataset": dataset,
         "metrics": metrics,
-        "metric_info": {k: {"unit": u, "better": b} for k, (u, b) in METRIC_INFO.items()
-                        if k in metrics},
+        "metric_info": info(metrics),
     }
     if history is not None:
         result["history"] = history
@@ -141,7 +113,7 @@ def check_outputs(outputs: list, inputs: list = ()) -> None:
             inside = os.path.isdir(input_path) and os.path.realpath(path).startswith(
                 os.path.join(os.path.realpath(input_path), ""))
             if inside or _same_file(path, input_path):
-                where = f"lies inside the input folder" if inside else "is also the input"
+                where = "lies inside the input folder" if inside else "is also the input"
                 raise UserError(f"{flag} {path} {where} ({source} {input_path}): writing "
                                 f"it could destroy what it is computed from; choose another "
                                 f"output path")

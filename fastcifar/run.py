@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from . import cluster, distribute, results
 from .config import RuntimeConfig, TrainConfig
-from .errors import TrainingDiverged, UserError, gist
+from .errors import TrainingDiverged, UserError
 
 TRAIN_TIMING = ("seconds: data preparation (statistics, padding, upload, whitening fit), "
                 "training, and every evaluation the run made (the final one included), as "
@@ -74,7 +74,7 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
         config = config.replace(num_classes=ds.num_classes)
     if ds.name != "cifar10" and not target_declared and config.target is not None:
         config = config.replace(target=None)  # a CIFAR-10 figure says nothing here
-    from .bench import monitor_for
+    from .monitor import monitor_for
     from .train import Trainer
 
     trainer = Trainer(config, runtime, strategy=strategy, model=model)
@@ -113,11 +113,10 @@ def _with_tensorboard(logdir: str, on_epoch):
     (loading, compiling) leaves none; after that, each epoch is flushed whole."""
     import tensorflow as tf
 
+    from .metrics import tensorboard_tags
+
     writers = []
-    names = {"train_loss": "train/loss", "train_acc": "train/accuracy",
-             "test_loss": "test/loss", "test_acc": "test/accuracy", "lr": "learning_rate",
-             "images_per_sec": "throughput/images_per_sec",
-             "utilization_pct": "throughput/utilization_pct", "seconds": "time/seconds"}
+    names = tensorboard_tags()
 
     def write(row):
         if not writers:
@@ -161,7 +160,7 @@ def _failed(trainer, ds, error: TrainingDiverged) -> dict:
 
     return results.failed("train", trainer.config.to_dict(), trainer.describe_runtime(),
                           environment(), ds.identity(), error, error.history,
-                          timing=TRAIN_TIMING)
+                          runtime_config=trainer.runtime_config.to_dict(), timing=TRAIN_TIMING)
 
 
 def _result(trainer, res, ds, peers) -> dict:
@@ -184,7 +183,7 @@ def _result(trainer, res, ds, peers) -> dict:
                "weights_checksum": distribute.weights_checksum(trainer.model)}
     return results.build("train", trainer.config.to_dict(), described, environment(),
                          ds.identity(), metrics, res.history, utilization=res.utilization,
-                         timing=TRAIN_TIMING)
+                         runtime_config=trainer.runtime_config.to_dict(), timing=TRAIN_TIMING)
 
 
 def evaluate_saved(path: str, data: str = "cifar10", batch_size: int = 1000) -> dict:
@@ -196,7 +195,7 @@ def evaluate_saved(path: str, data: str = "cifar10", batch_size: int = 1000) -> 
 
     from . import data as data_mod
     from .runtime import environment
-    from .saved import check_keras_file, load_serving_model
+    from .serving import check_keras_file, load_serving_model
 
     check_keras_file(path)  # before any data is read: a bad file is refused at once
     ds = data_mod.load(data)

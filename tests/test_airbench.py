@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from fastcifar.config import FAST_TECHNIQUES, RuntimeConfig, recipe
 from fastcifar.data import synthetic
-from fastcifar.model import airbench94
+from fastcifar.airbench import airbench94
 from fastcifar.train import Trainer
 
 RT = RuntimeConfig(precision="float32", steps_per_call=4, eval_batch_size=100)
@@ -82,13 +82,14 @@ def test_lookahead_pulls_every_5_steps_and_copies_at_the_end():
         v.assign(rng.normal(size=v.shape).astype(np.float32))
         s.assign(rng.normal(size=s.shape).astype(np.float32))
     before = [(v.numpy().copy(), s.numpy().copy()) for v, s in zip(sources, shadows)]
+    lookahead = next(t for t in tr.techniques if t.name == "lookahead")
     tr.step.assign(7)
-    tr._update_lookahead()  # not a multiple of 5: nothing happens
+    lookahead.after_update()  # not a multiple of 5: nothing happens
     for (w, a), v, s in zip(before, sources, shadows):
         np.testing.assert_array_equal(v.numpy(), w)
         np.testing.assert_array_equal(s.numpy(), a)
     tr.step.assign(5)
-    tr._update_lookahead()
+    lookahead.after_update()
     decay = 0.95 ** 5 * (5 / 10) ** 3
     for (w, a), v, s in zip(before, sources, shadows):
         want = decay * a + (1 - decay) * w
@@ -98,7 +99,7 @@ def test_lookahead_pulls_every_5_steps_and_copies_at_the_end():
         v.assign(v + 1.0)
     moved = [(v.numpy().copy(), s.numpy().copy()) for v, s in zip(sources, shadows)]
     tr.step.assign(10)  # the last step, also a multiple of 5: pull, then copy
-    tr._update_lookahead()
+    lookahead.after_update()
     decay = 0.95 ** 5 * 1.0 ** 3
     for (w, a), v, s in zip(moved, sources, shadows):
         want = decay * a + (1 - decay) * w
@@ -190,7 +191,7 @@ def test_the_fused_gelu_is_exact_gelu_forward_and_backward():
     """Against x * Phi(x) and its derivative Phi(x) + x * phi(x), written out in float64."""
     import math
 
-    from fastcifar.model import GELU
+    from fastcifar.layers import GELU
 
     x = np.linspace(-6, 6, 241)
     phi = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
@@ -219,7 +220,7 @@ def test_the_fused_gelu_net_computes_the_loss_of_keras_gelu(data):
     EPYC), so the speed-up changes nothing computed."""
     import keras
 
-    from fastcifar.model import GELU
+    from fastcifar.layers import GELU
     from fastcifar.train import cross_entropy
 
     keras_gelu = {

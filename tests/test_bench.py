@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from fastcifar import flops
-from fastcifar.model import davidnet
+from fastcifar.davidnet import davidnet
 
 STEP = ["bench", "step", "--data", "synthetic:256", "--width", "4", "--batch-size", "32",
         "--steps", "2", "--reps", "3", "--quiet"]
@@ -391,3 +391,89 @@ def test_doctor_compares_the_weights_after_the_step_not_only_the_loss():
     assert ok
     skipped = _run("data-parallel", lambda ds, rt: (None, "skipped: one GPU"), None, None)
     assert skipped["status"] == "skipped"
+
+
+def _changed(value, s):
+    """Another value of setting `s` (validity does not matter to the gate)."""
+    if s.choices:
+        return next(c for c in s.choices if c != value)
+    if value is None:
+        return True if s.type is bool else "/CPU:1" if s.type is str else 0.5
+    if s.type is bool:
+        return not value
+    if s.type is str:
+        return "airbench94" if value == "davidnet" else value + "_other"
+    return value + 1 if s.type is int else value * 0.5 + 0.01
+
+
+def test_every_setting_takes_part_in_the_gate_unless_declared_otherwise(step_results,
+                                                                        tmp_path, capsys):
+    """Walk every declared setting: a pair of results differing only in it is refused
+    (exit 2, naming it) unless its declaration says why it may differ."""
+    from fastcifar import cli
+    from fastcifar.config import RuntimeConfig, TrainConfig, settings
+
+    d, _, _ = step_results
+    base = json.loads((d / "a.json").read_text())
+    checked = 0
+    for section, cls in (("config", TrainConfig), ("runtime_config", RuntimeConfig)):
+        for s in settings(cls):
+            assert s.name in base[section], (section, s.name)  # every setting is recorded
+            other = json.loads(json.dumps(base))
+            other[section][s.name] = _changed(base[section][s.name], s)
+            (tmp_path / "other.json").write_text(json.dumps(other))
+            code = cli.main(["compare", str(d / "a.json"), str(tmp_path / "other.json"),
+                             "--max-regression", "99%"])
+            err = capsys.readouterr().err
+            if s.not_compared:
+                assert code == 0, (s.name, err)
+            else:
+                assert code == 2 and f"{s.name} " in err, (s.name, err)
+                checked += 1
+    assert checked >= 30
+
+
+def test_a_real_run_of_another_net_and_steps_is_refused_by_the_gate(step_results, tmp_path):
+    d, _, _ = step_results
+    other = run("bench", "step", "--data", "synthetic:256", "--width", "4", "--batch-size",
+                "32", "--steps", "3", "--reps", "2", "--quiet", "--net", "airbench94",
+                "--json", str(tmp_path / "ab.json"))
+    assert other.returncode == 0, other.stderr[-2000:]
+    r = json.loads((tmp_path / "ab.json").read_text())
+    assert r["runtime_config"]["steps_per_call"] == 3 and r["benchmark_settings"]["steps"] == 3
+    for args in ((d / "a.json", tmp_path / "ab.json"), (tmp_path / "ab.json", d / "a.json")):
+        out = run("compare", *map(str, args))
+        assert out.returncode == 2, out.stdout + out.stderr  # either way round
+        assert "net 'davidnet' vs 'airbench94'" in out.stderr or \
+            "net 'airbench94' vs 'davidnet'" in out.stderr, out.stderr
+        assert "steps_per_call" in out.stderr
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda r: r["metrics"].update(images_per_sec=None, step_ms=None), "nothing to compare"),
+    (lambda r: r.pop("status"), "status None"),
+    (lambda r: r.update(status="crashed"), "status 'crashed'"),
+    (lambda r: r.pop("runtime_config"), "does not record the runtime settings"),
+])
+def test_the_gate_refuses_results_that_measured_nothing(step_results, tmp_path, capsys,
+                                                        mutate, needle):
+    from fastcifar import cli
+
+    d, _, _ = step_results
+    bad = _mutated(d / "a.json", tmp_path / "bad.json", mutate)
+    both = bad if needle == "nothing to compare" else d / "a.json"
+    assert cli.main(["compare", str(both), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_what_auto_resolved_differently_is_shown_and_timed_not_refused(step_results,
+                                                                        tmp_path, capsys):
+    from fastcifar import cli
+
+    d, _, _ = step_results
+    other = _mutated(d / "a.json", tmp_path / "o.json",
+                     lambda r: r["runtime"].update(precision="float32", conv_grad="library"))
+    code = cli.main(["compare", str(d / "a.json"), str(other), "--max-regression", "99%"])
+    out = capsys.readouterr().out
+    assert code == 0 and "auto resolved differently" in out and "conv_grad" in out, out

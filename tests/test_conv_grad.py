@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from fastcifar.config import RuntimeConfig, recipe
 from fastcifar.data import synthetic
-from fastcifar.model import (Conv2D, airbench94, davidnet, filter_grad_by_matmuls,
-                             use_matmul_filter_grad)
+from fastcifar.airbench import airbench94
+from fastcifar.davidnet import davidnet
+from fastcifar.layers import Conv2D, filter_grad_by_matmuls, use_matmul_filter_grad
 from fastcifar.runtime import resolve
 from fastcifar.train import Trainer
 
@@ -126,7 +127,7 @@ def test_auto_picks_matmul_on_cpu_and_the_trainer_applies_the_choice():
 @pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_bfloat16", 6e-2)])
 def test_training_steps_move_the_weights_as_the_library_gradient_does(precision, tol,
                                                                       monkeypatch):
-    from fastcifar import model
+    from fastcifar import layers as model
 
     traced = []  # layers whose gradient the matmul form computed, as the step was traced
     original = model.filter_grad_by_matmuls

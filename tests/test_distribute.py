@@ -124,7 +124,7 @@ def test_predict_and_save_from_a_mirrored_trainer(runs, data, tmp_path):
     tr.save(str(tmp_path / "m.keras"))
     import keras
 
-    import fastcifar.model  # noqa: F401  (registers the layers)
+    import fastcifar.serving  # noqa: F401  (registers the layers)
 
     loaded = keras.models.load_model(str(tmp_path / "m.keras"))
     assert weights_checksum(loaded) == weights_checksum(tr.model)
@@ -153,7 +153,7 @@ def test_fast_recipe_runs_mirrored_like_one_device(data):
 
 
 def test_an_overflow_on_one_replica_makes_every_replica_skip():
-    from fastcifar.train import _agree_on_overflow
+    from fastcifar.engine import _agree_on_overflow
 
     s = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
 

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from fastcifar.config import FAST_TECHNIQUES, RuntimeConfig, recipe
 from fastcifar.data import synthetic
-from fastcifar.model import davidnet, fit_whitening
+from fastcifar.davidnet import davidnet
+from fastcifar.whitening import fit_whitening
 from fastcifar.train import Trainer
 
 

@@ -197,12 +197,12 @@ def test_an_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path, mon
 # --- 6. results are never lost silently -------------------------------------------------
 
 def test_a_failing_model_write_keeps_the_json_and_says_so(tmp_path, monkeypatch, capsys):
-    from fastcifar import cli, train
+    from fastcifar import cli, serving
 
     def full_disk(model, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train, "save_model", full_disk)
+    monkeypatch.setattr(serving, "save_model", full_disk)
     code = cli.main(["train", *TINY, "--json", str(tmp_path / "r.json"),
                      "--save", str(tmp_path / "m.keras")])
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fastcifar.model import conv_layers, davidnet
+from fastcifar.davidnet import davidnet
+from fastcifar.layers import conv_layers
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_batchnorm_momentum_and_epsilon(net):
 
 
 def test_fused_batchnorm_matches_keras_batchnorm():
-    from fastcifar.model import BatchNorm
+    from fastcifar.layers import BatchNorm
 
     x = tf.random.normal([8, 6, 6, 5], seed=4) * 3 + 1
     ours = BatchNorm(momentum=0.9, epsilon=1e-5)
@@ -103,7 +104,7 @@ def test_saves_and_loads_in_safe_mode_in_a_fresh_process(net, tmp_path):
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "y.npy", net(x, training=False).numpy())
     # a fresh process: registering fastcifar's layer is all it needs; safe mode (default)
-    code = ("import numpy as np, keras, fastcifar.model; "
+    code = ("import numpy as np, keras, fastcifar.serving; "
             "m = keras.models.load_model('m.keras'); "
             "y = m(np.load('x.npy'), training=False); "
             "np.testing.assert_allclose(np.asarray(y), np.load('y.npy'), rtol=1e-5, atol=1e-6);"
@@ -115,7 +116,7 @@ def test_saves_and_loads_in_safe_mode_in_a_fresh_process(net, tmp_path):
 
 def test_import_has_no_global_side_effects():
     code = ("import sys, fastcifar; assert 'tensorflow' not in sys.modules; "
-            "import fastcifar.model, keras; "
+            "import fastcifar.serving, keras; "
             "assert keras.config.dtype_policy().name == 'float32'; "
             
             "print('ok')")

@@ -42,7 +42,7 @@ def test_two_optimizer_steps_by_hand_muon_for_the_filter_nesterov_for_the_bias()
     w = keras.Variable(w0.astype("float32"), name="kernel")
     b = keras.Variable(b0.astype("float32"), name="bias")
     opt = TutorialNesterov(learning_rate=0.1, momentum=0.9, muon=[w.path],
-                           muon_lr_ratio=2.0, muon_momentum=0.6)
+                           muon_learning_rate=0.1 * 2.0, muon_momentum=0.6)
     opt.build([w, b])
     for gw, gb in grads:
         opt.apply_gradients([(tf.constant(gw, tf.float32), w), (tf.constant(gb, tf.float32), b)])

@@ -321,7 +321,7 @@ def test_xla_that_cannot_compile_falls_back_under_auto_and_fails_when_asked_for(
     supported configs. Injected at the seam where compilation happens."""
     import dataclasses
 
-    from fastcifar import train as train_mod
+    from fastcifar import engine as train_mod
     from fastcifar.errors import ConfigError
 
     real_compile, real_resolve = Trainer._compile_on, train_mod.resolve

@@ -152,7 +152,7 @@ def test_models_and_builders_the_trainer_cannot_use_are_one_line():
 
 def test_a_builder_named_on_the_command_line_that_cannot_load_is_one_line(tmp_path,
                                                                          monkeypatch):
-    from fastcifar.model import load_builder
+    from fastcifar.usernet import load_builder
 
     (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here, says the module')\n")
     (tmp_path / "typo.py").write_text("def f(:\n")

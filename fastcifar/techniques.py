@@ -1,0 +1,136 @@
+"""The techniques that act in the update, each a named piece the step calls in order:
+`gradients` before the optimizer applies them, `after_update` once it has. A recipe switches
+one on through its setting; the step itself has no branch per technique.
+
+Muon is the optimizer's own rule for the conv filters (`optim.TutorialNesterov`), chosen
+per variable when the trainer builds it (`muon_variables`), so it appears here only by
+name. Adding a technique: a class here, its setting in `fastcifar.config`, one line in
+`techniques_for`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class Technique:
+    """Does nothing; a technique overrides what it changes."""
+
+    name = "none"
+
+    def variables(self) -> list:
+        """State the technique keeps (snapshot with the rest)."""
+        return []
+
+    def gradients(self, grads: list, variables: list) -> list:
+        return grads
+
+    def after_update(self) -> None:
+        pass
+
+
+class BiasLearningRate(Technique):
+    """BatchNorm biases at `bias_lr_scale` x the learning rate (the bag of tricks' 64x):
+    momentum SGD is linear in the gradient, so scaling the gradient scales the rate. Their
+    weight decay is divided by the same factor in the loss (`Engine.decayed`)."""
+
+    name = "bias_lr_scale"
+
+    def __init__(self, scales: list):
+        self.scales = scales
+
+    def gradients(self, grads, variables):
+        return [g * scale if scale != 1.0 else g for g, scale in zip(grads, self.scales)]
+
+
+class WhiteningBiasFreeze(Technique):
+    """From epoch `epochs` on, the whitening bias does not move at all (as a PyTorch
+    parameter with requires_grad off): no gradient, no decay, and its momentum emptied,
+    so no step is taken from what it held."""
+
+    name = "whitening_bias_freeze"
+
+    def __init__(self, engine, bias, epochs: float):
+        self.engine, self.bias, self.epochs = engine, bias, epochs
+
+    def gradients(self, grads, variables):
+        epoch = self.engine.step // self.engine.epoch_steps
+        training = tf.cast(tf.cast(epoch, tf.float32) < self.epochs, tf.float32)
+        velocity = self.engine.inner_optimizer().velocity(self.bias)
+        velocity.assign(velocity * tf.cast(training, velocity.dtype))
+        return [g * tf.cast(training, g.dtype) if v is self.bias else g
+                for g, v in zip(grads, variables)]
+
+
+class MovingAverage(Technique):
+    """A float32 moving average of every weight and BatchNorm statistic, which evaluation
+    uses (`swap` exchanges it with the live weights). Warmed up as TensorFlow's
+    ExponentialMovingAverage(num_updates): early on the average follows the weights, so
+    short runs are not evaluated near their initial state."""
+
+    name = "ema"
+
+    def __init__(self, engine, decay: float):
+        self.engine, self.decay = engine, decay
+        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), "ema")
+                       for v in engine.ema_sources()]
+
+    def variables(self):
+        return self.shadow
+
+    def after_update(self):
+        n = tf.cast(self.engine.step, tf.float32)
+        decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+        for average, v in zip(self.shadow, self.engine.ema_sources()):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(v, average.dtype))
+
+    def swap(self) -> None:
+        """Exchange the live weights with their average (twice undoes it), on the device."""
+        for average, v in zip(self.shadow, self.engine.ema_sources()):
+            live = tf.identity(v)
+            v.assign(tf.identity(average))
+            average.assign(live)
+
+
+class Lookahead(Technique):
+    """airbench's lookahead: every 5 steps the average moves toward the weights with decay
+    0.95^5 (step/total)^3 and the weights are set to it; at the last step the weights take
+    the average."""
+
+    name = "lookahead"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), "lookahead")
+                       for v in engine.ema_sources()]
+
+    def variables(self):
+        return self.shadow
+
+    def _pull(self, decay):
+        for average, v in zip(self.shadow, self.engine.ema_sources()):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(v, tf.float32))
+            v.assign(tf.cast(average, v.dtype))
+        return tf.constant(0)
+
+    def after_update(self):
+        step, total = self.engine.step, self.engine.total_steps
+        progress = tf.cast(step, tf.float32) / tf.cast(total, tf.float32)
+        tf.cond(tf.equal(step % 5, 0), lambda: self._pull(0.95 ** 5 * progress ** 3),
+                lambda: tf.constant(0))
+        tf.cond(tf.equal(step, total), lambda: self._pull(tf.constant(1.0)),
+                lambda: tf.constant(0))
+
+
+def techniques_for(engine) -> list:
+    """The pieces `engine.config` switches on, in the order the step applies them."""
+    cfg, out = engine.config, []
+    if cfg.bias_lr_scale != 1.0:
+        out.append(BiasLearningRate(engine.lr_scales))
+    if engine.whiten_bias is not None:
+        out.append(WhiteningBiasFreeze(engine, engine.whiten_bias, cfg.whiten_bias_epochs))
+    if cfg.ema:
+        out.append(MovingAverage(engine, cfg.ema))
+    if cfg.lookahead:
+        out.append(Lookahead(engine))
+    return out
