@@ -1,4 +1,4 @@
-"""Settings are declared once: validation, flags and the README table come from there."""
+"""Settings are declared once: validation, flags and the docs' settings table come from there."""
 
 import dataclasses
 import math
@@ -12,7 +12,8 @@ from fastcifar import cli
 from fastcifar.config import (ConfigError, RuntimeConfig, TrainConfig, _Settings, recipe,
                               setting, settings, settings_table)
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+SETTINGS_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                            "settings.md")
 
 
 def _parse(*argv):
@@ -127,11 +128,11 @@ def test_the_old_recipe_name_still_works_with_a_note(capsys):
     assert "recipe 'seed' is now 'tutorial'" in capsys.readouterr().err
 
 
-def test_readme_settings_table_is_generated_from_the_declarations():
-    text = open(README).read()
+def test_docs_settings_table_is_generated_from_the_declarations():
+    text = open(SETTINGS_DOC).read()
     found = re.search(r"<!-- settings table: start -->\n(.*?)\n<!-- settings table: end -->",
                       text, re.S)
-    assert found, "README lacks the settings table markers"
+    assert found, "docs/settings.md lacks the settings table markers"
     assert found.group(1).strip() == settings_table(), \
-        "README settings table is stale: run `python -m fastcifar.config` and paste it"
+        "docs/settings.md settings table is stale: run `python -m fastcifar.config` and paste it"
     assert "| `--lr-peak` | `TrainConfig.lr_peak` | 0.4 | a number > 0 |" in settings_table()
