@@ -209,7 +209,7 @@ def _mutated(step_json, path, mutate):
     (lambda r: r["metrics"]["step_ms"].update(median="fast"), "not a finite number"),
     (lambda r: r.update(metrics=[1, 2, 3]), "'metrics' is not an object"),
     (lambda r: r["config"].update(width=16), "different configurations (width "),
-    (lambda r: r["runtime"].update(precision="mixed_float16"), "precision"),
+    (lambda r: r["runtime_config"].update(precision="mixed_float16"), "precision"),
     (lambda r: r.update(status="failed", error="diverged"), "failed run (diverged)"),
 ])
 def test_compare_refuses_what_it_cannot_compare(step_results, tmp_path, mutate, needle):
