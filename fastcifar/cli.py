@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command(sub, "evaluate", cmd_evaluate, "evaluate a saved model as training "
                        "did (its normalisation and test-time views)", "cifar10", quiet=False)
     evaluate.add_argument("model", metavar="MODEL.keras")
+    export = command(sub, "export-step", cmd_export_step, "write the compiled training call "
+                     "as XLA HLO (+ a manifest) for any XLA backend; float16 + loss scaling, "
+                     "XLA on, as a GPU run builds it", "synthetic:50000", json=False)
+    export.add_argument("folder", metavar="DIR", help="written: step.hlo.pb, step.hlo.txt, "
+                        "manifest.json (and inputs.npz with --inputs)")
+    export.add_argument("--inputs", action="store_true", help="also write every parameter's "
+                        "starting value (data included) to inputs.npz, for an equality check")
+    _add_settings(export)
     command(sub, "doctor", cmd_doctor, "self-check this machine's GPU/CPU paths", quiet=False)
     report = command(sub, "report", cmd_report, "plot results: accuracy vs seconds, step "
                      "times, utilisation", json=False, quiet=False)
@@ -306,6 +314,35 @@ def cmd_evaluate(args) -> int:
     print(f"{args.model} on {result['dataset']['name']} ({m['test_images']} test images, "
           f"test-time views: {views}): accuracy {m['final_test_acc']:.4f}, loss "
           f"{m['final_test_loss']:.4f}")
+    return 0
+
+
+def cmd_export_step(args) -> int:
+    """The training call as a GPU run would build it, unless the flags say otherwise:
+    float16 with loss scaling, the library's conv gradients, XLA on."""
+    from .results import check_folder
+
+    for name, value in (("precision", "mixed_float16"), ("conv_grad", "library")):
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    if getattr(args, "xla", True) is False:
+        raise UserError("export-step writes what XLA compiles: drop --no-xla")
+    args.xla = True
+    cfg, runtime = _configs(args)
+    if cfg.strategy != "auto":
+        raise UserError("export-step writes the call of one device: drop --strategy (XLA "
+                        "compiles each replica's step the same way)")
+    check_folder(args.folder, "the exported step")
+    import_tensorflow_quietly()
+    from .hlo import export_for
+
+    manifest = export_for(cfg, runtime, args.data, args.folder, with_inputs=args.inputs)
+    if not args.quiet:
+        print(f"wrote {args.folder}: {len(manifest['parameters'])} parameters, "
+              f"{len(manifest['outputs'])} outputs, {manifest['steps_per_call']} steps of "
+              f"batch {manifest['batch_size']} per call ({manifest['runtime']['precision']}, "
+              f"conv_grad {manifest['runtime']['conv_grad']}); run it with "
+              f"`python benchmarks/xla_step.py {args.folder}`")
     return 0
 
 
