@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..model import torch_uniform
+from ..layers import torch_uniform
 from ..optim import TutorialNesterov
 
 
