@@ -887,7 +887,7 @@ def test_compare_refuses_unreadable_numbers_in_one_line(tmp_path, capsys, change
 
     r = results.build("bench", {"width": 4}, {"device_name": "cpu", "device_kind": "CPU"},
                       {}, {"sha256": "x"}, {"images_per_sec": 100.0, "step_ms": 10.0},
-                      benchmark="step", calibration={"gflops": 50.0})
+                      benchmark="step", calibration={"gflops": 50.0}, runtime_config={})
     (tmp_path / "a.json").write_text(json.dumps(r))
     change(r)
     (tmp_path / "b.json").write_text(json.dumps(r))
