@@ -83,8 +83,6 @@ def fill(manifest: dict, seed: int) -> list:
 def matmul_flops_per_sec(jax, device, dtype: str, size: int, repeats: int = 5) -> float:
     """The speed of a large matrix product in `dtype` on `device` (FLOP/s, best of
     `repeats`): the peak the step is measured against."""
-    import jax.numpy as jnp
-
     key = jax.random.PRNGKey(0)
     a = jax.device_put(jax.random.normal(key, (size, size)).astype(dtype), device)
     b = jax.device_put(jax.random.normal(key, (size, size)).astype(dtype), device)

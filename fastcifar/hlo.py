@@ -14,7 +14,6 @@ NCCL. The step count per call is a constant inside the module: one export, one
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import numpy as np
@@ -53,9 +52,14 @@ def parse_layout(hlo_text: str) -> tuple:
 
 def _variables_by_handle(engine) -> dict:
     """id(resource handle) -> (variable, its name) for every variable the call can read."""
-    named = {}
+    named, seen = {}, set()
     for v in engine.state_variables() + [engine.epoch_steps, engine.total_steps]:
-        named[id(v.handle)] = (v, str(getattr(v, "path", None) or v.name))
+        name = str(getattr(v, "path", None) or v.name)
+        if name in seen:  # names identify parameters: they must be unique
+            raise ConfigError(f"two of the trainer's variables are named {name!r}; the "
+                              f"export cannot tell them apart")
+        seen.add(name)
+        named[id(v.handle)] = (v, name)
     return named
 
 

@@ -13,6 +13,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def _named(prefix: str, source) -> str:
+    """A shadow's own name, after the weight it follows ("ema/group1_conv1/kernel")."""
+    return f"{prefix}/{getattr(source, 'path', None) or source.name.split(':')[0]}"
+
+
 class Technique:
     """Does nothing; a technique overrides what it changes."""
 
@@ -72,7 +77,7 @@ class MovingAverage(Technique):
 
     def __init__(self, engine, decay: float):
         self.engine, self.decay = engine, decay
-        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), "ema")
+        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), _named("ema", v))
                        for v in engine.ema_sources()]
 
     def variables(self):
@@ -101,7 +106,7 @@ class Lookahead(Technique):
 
     def __init__(self, engine):
         self.engine = engine
-        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), "lookahead")
+        self.shadow = [engine.local_variable(tf.cast(v, tf.float32), _named("lookahead", v))
                        for v in engine.ema_sources()]
 
     def variables(self):
