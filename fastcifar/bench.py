@@ -149,6 +149,7 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
     Returns (one sweep row, the compiled call for reuse, or None after out-of-memory)."""
     import tensorflow as tf
 
+    from .fingerprint import of_engine, tracing_count
     from .flops import train_flops
     from .runtime import peak_memory_bytes, resolve
 
@@ -157,9 +158,13 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         if resolved.device_kind == "GPU":
             tf.config.experimental.reset_memory_stats(resolved.device.lstrip("/"))
         trainer, call, compile_s = compiled_call(config, runtime, ds, steps)
+        traced = tracing_count(trainer)
         window = monitor.window("steady") if monitor is not None else contextlib.nullcontext()
         with window as w:
             secs = time_calls(call, reps)
+        retraces = tracing_count(trainer) - traced
+        fingerprint = of_engine(trainer, trainer.data, steps)
+        fingerprint["retraces"] = retraces
         if profile_dir:
             profiled = top_ops(profile_dir, profile_steps(call, profile_dir))
     except tf.errors.ResourceExhaustedError as e:
@@ -174,7 +179,8 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         "batch_size": config.batch_size,
         "images_per_sec": statistics.median(images_per_sec),
         "images_per_sec_spread": summarize(images_per_sec),
-        "step_ms": summarize(1000 * s / steps for s in secs),
+        "step_ms": {**summarize(1000 * s / steps for s in secs),
+                    "samples": [1000 * s / steps for s in secs]},
         "compile_seconds": compile_s,
         "flops_per_image": flops_per_image,
         "achieved_flops_per_sec": achieved,
@@ -185,6 +191,7 @@ def time_steps(config: TrainConfig, runtime: RuntimeConfig, ds, steps: int, reps
         "peak_memory_bytes": peak_memory_bytes(trainer.runtime.device),
         "host_peak_rss_bytes": peak_rss_bytes(),
         "runtime": trainer.describe_runtime(),
+        "fingerprint": fingerprint,
     }
     if profile_dir:
         row["top_ops"] = profiled
@@ -273,7 +280,7 @@ def step_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "syn
                                     "compile_seconds", "flops_per_image",
                                     "achieved_flops_per_sec", "peak_flops_per_sec",
                                     "fraction_of_peak", "peak_memory_bytes",
-                                    "host_peak_rss_bytes")}
+                                    "host_peak_rss_bytes", "fingerprint")}
     for key in ("peak_error", "top_ops"):
         if key in head:
             metrics[key] = head[key]

@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--compare", choices=("tutorial", "seed"), help="also time the "
                       "tutorial's loop, alternating, and report speedup_vs_tutorial")
     step.add_argument("--pairs", type=_count, default=3, help="A/B pairs for --compare")
+    step.add_argument("--baseline", metavar="PYTHON", help="interleaved A/B: the Python of "
+                      "a second installation (e.g. ../base/.venv/bin/python); runs this "
+                      "benchmark in alternating processes, baseline then this one, and "
+                      "reports the step-time ratio with its 95%% interval")
+    step.add_argument("--rounds", type=_count, default=5, help="A/B rounds with --baseline "
+                      "(default: %(default)s)")
+    step.add_argument("--budget", type=float, metavar="SECONDS", help="with --baseline: "
+                      "start no round that would end past this many seconds (at least 2 "
+                      "rounds run)")
+    step.add_argument("--max-regression", default="10%", help="with --baseline: the "
+                      "slowdown the verdict calls a regression (default: %(default)s)")
     _add_settings(step, skip=("batch_size", "steps_per_call"))
     acc = command(kinds, "accuracy", cmd_bench_accuracy, "seconds to a target accuracy",
                   "cifar10")
@@ -126,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", required=True, metavar="report.png")
     gate = command(sub, "compare", cmd_compare, "regression gate between two benchmark "
                    "results", json=False, quiet=False)
-    gate.add_argument("baseline")
-    gate.add_argument("current")
+    gate.add_argument("baseline", help="a result, or one interleaved A/B result alone")
+    gate.add_argument("current", nargs="?")
     gate.add_argument("--max-regression", default="10%", help="throughput/time threshold")
     gate.add_argument("--max-acc-drop", type=float, default=0.5,
                       help="accuracy threshold in percentage points")
@@ -239,6 +250,8 @@ def cmd_bench_step(args) -> int:
     from .bench import step_benchmark
 
     say = _start(args)
+    if args.baseline is not None:
+        return _bench_ab(args, say)
     sizes = args.batch_sizes or ()
     cfg, runtime = _configs(args, default_recipe="tutorial")
     cfg = cfg.replace(batch_size=sizes[0]) if sizes else cfg
@@ -266,6 +279,26 @@ def cmd_bench_step(args) -> int:
         f"{resolved['device_name']}); "
         f"{util.get('metric', 'utilisation')} median "
         f"{util.get('median', float('nan')):.0f}%; steady state, compile excluded")
+    return 0
+
+
+def _bench_ab(args, say) -> int:
+    import math
+
+    from .abtest import interleaved, verdict_line
+    from .compare import parse_fraction
+
+    if args.compare or args.profile is not None:
+        raise UserError("--baseline times the step alone: drop --compare and --profile")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise UserError(f"invalid --budget {args.budget}: a number of seconds > 0")
+    if args.rounds < 2:
+        raise UserError(f"invalid --rounds {args.rounds}: an interval needs at least 2")
+    threshold = parse_fraction(args.max_regression)
+    result = interleaved(args.baseline, args.argv, args.rounds, args.budget, threshold, say)
+    _write(args, result)
+    m = result["metrics"]
+    print(verdict_line({**m, "slower": result["ab"]["slower"], "threshold": threshold}))
     return 0
 
 

@@ -15,6 +15,8 @@ which means something for CPU results only.
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Optional
 
 from .errors import UserError
 from .metrics import GATED_BENCHMARKS, gated
@@ -85,7 +87,7 @@ def _checked(path: str) -> dict:
     return result
 
 
-def _differences(base: dict, cur: dict) -> list:
+def differences(base: dict, cur: dict) -> list:
     """Every compared setting (`fastcifar.config`: all but those declared `not_compared`)
     whose requested value differs."""
     from .config import RuntimeConfig, TrainConfig, settings
@@ -107,15 +109,19 @@ def _resolved(base: dict, cur: dict) -> list:
             for key in RESOLVED if base["runtime"].get(key) != cur["runtime"].get(key)]
 
 
-def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
-            max_acc_drop_pp: float = 0.5, normalize: bool = False, force: bool = False):
+def compare(baseline_path: str, current_path: Optional[str] = None,
+            max_regression: float = 0.10, max_acc_drop_pp: float = 0.5,
+            normalize: bool = False, force: bool = False):
     """Returns (exit code, table lines): 0 pass, 1 regression; unusable input raises
-    UserError (exit 2)."""
+    UserError (exit 2). With one path: an interleaved A/B result (`bench step
+    --baseline`), judged on its own interval."""
     if not (math.isfinite(max_acc_drop_pp) and max_acc_drop_pp >= 0):
         raise UserError(f"invalid --max-acc-drop {max_acc_drop_pp}: use a finite number of "
                         f"percentage points >= 0")
     if not (math.isfinite(max_regression) and 0 <= max_regression < 1):
         raise UserError(f"invalid --max-regression {max_regression}: use 0% to 100%")
+    if current_path is None:
+        return _compare_paired(baseline_path, max_regression)
     base, cur = _checked(baseline_path), _checked(current_path)
     kind = base.get("benchmark")
     if kind not in GATED:
@@ -130,18 +136,24 @@ def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
         if a != b and not force:
             raise UserError(f"different {what}: {a!r} vs {b!r}; pass --force to compare "
                             f"anyway")
-    differences = _differences(base, cur)
-    if differences and not force:
-        raise UserError(f"different configurations ({'; '.join(differences)}): they measure "
+    differing = differences(base, cur)
+    if differing and not force:
+        raise UserError(f"different configurations ({'; '.join(differing)}): they measure "
                         f"different things; pass --force to compare anyway")
     calib = _calibrations(baseline_path, base, current_path, cur) if normalize else None
     lines = [f"{'metric':<26} {'baseline':>14} {'current':>14} {'change':>10}  verdict"]
     failed, compared = False, 0
+    both_ab = kind == "step" and "ab" in base and "ab" in cur
     for name, better in GATED[kind].items():
         a = _value_and_range(baseline_path, base["metrics"], name)
         b = _value_and_range(current_path, cur["metrics"], name)
-        verdict, shown = _verdict(name, better, a, b, calib, max_regression, max_acc_drop_pp,
-                                  baseline_path, current_path)
+        if both_ab and name == "step_ms":
+            verdict, shown = _interval_verdict(
+                _rounds(baseline_path, base), _rounds(current_path, cur), False,
+                max_regression)
+        else:
+            verdict, shown = _verdict(name, better, a, b, calib, max_regression,
+                                      max_acc_drop_pp, baseline_path, current_path)
         failed |= verdict.startswith("FAIL")
         compared += not verdict.startswith("skipped")
         va, vb = (None if x is None else x[0] for x in (a, b))
@@ -150,17 +162,108 @@ def compare(baseline_path: str, current_path: str, max_regression: float = 0.10,
         raise UserError(f"nothing to compare: every gated metric "
                         f"({', '.join(GATED[kind])}) is null in both results; re-run the "
                         f"benchmarks")
+    if kind == "step":
+        rows, fp_failed = _fingerprint_rows(base["metrics"].get("fingerprint"),
+                                            cur["metrics"].get("fingerprint"))
+        lines += rows
+        failed |= fp_failed
     resolved = _resolved(base, cur)
     if resolved:
         lines.append("(auto resolved differently: " + "; ".join(resolved)
                      + "; the timing above includes what that costs)")
-    if differences:
+    if differing:
         lines.append("(compared with --force although the configurations differ: "
-                     + "; ".join(differences) + ")")
+                     + "; ".join(differing) + ")")
     if calib:
         lines.append(f"(throughput divided by machine calibration: {calib[0]:.1f} vs "
                      f"{calib[1]:.1f} GFLOP/s numpy matmul)")
     return (1 if failed else 0), lines
+
+
+def _rounds(path: str, result: dict) -> list:
+    values = result["ab"].get("candidate", {}).get("step_ms_rounds")
+    if not isinstance(values, list) or len(values) < 2:
+        raise UserError(f"{path}: its A/B record has fewer than 2 rounds; re-run it with "
+                        f"--rounds 2 or more")
+    return [_number(path, "step_ms_rounds", v) for v in values]
+
+
+def _interval_verdict(base: list, cur: list, paired: bool, threshold: float):
+    """(verdict, change shown) from the ratio's interval: FAIL only when the whole
+    interval is above 1 and the ratio above 1 + threshold."""
+    from .abtest import judge
+
+    j = judge(base, cur, paired, threshold)
+    r = j["step_ms_ratio"]
+    shown = f"{100 * (r['median'] - 1):+.1f}%"
+    interval = f"[{100 * (r['low'] - 1):+.1f}%, {100 * (r['high'] - 1):+.1f}%]"
+    if j["slower"]:
+        return f"FAIL (95% interval {interval})", shown
+    if r["median"] > 1 + threshold:
+        return f"worse, interval {interval} reaches 1", shown
+    return f"ok (interval {interval})", shown
+
+
+def _fingerprint_rows(base, cur) -> tuple:
+    """Rows for the counted signals (`fastcifar.fingerprint`): any growth in FLOPs,
+    converts or transposes fails, and so does any retrace while timing."""
+    from .fingerprint import GATED as COUNTED_GATED
+
+    if not isinstance(cur, dict) or "error" in cur:
+        return ["(no fingerprint in the current result: counted signals not compared)"], False
+    if not isinstance(base, dict) or "error" in base:
+        base = {}
+    rows, failed = [], False
+    for name in COUNTED_GATED:
+        a, b = base.get(name), cur.get(name)
+        if name == "retraces":
+            bad = isinstance(b, (int, float)) and b > 0
+            verdict = "FAIL (the step was recompiled while timed)" if bad else "ok"
+        elif a is None or b is None:
+            bad, verdict = False, "skipped (not in both)"
+        else:
+            bad = b > a
+            verdict = "FAIL (grew)" if bad else "ok"
+        failed |= bad
+        change = f"{b - a:+d}" if isinstance(a, int) and isinstance(b, int) else ""
+        rows.append(f"{'hlo ' + name:<26} {_fmt(a):>14} {_fmt(b):>14} {change:>10}  {verdict}")
+    return rows, failed
+
+
+def _compare_paired(path: str, max_regression: float):
+    result = _checked(path)
+    ab = result.get("ab")
+    if result.get("benchmark") != "step" or not isinstance(ab, dict):
+        raise UserError(f"{path} is not an interleaved A/B result: give two results "
+                        f"(BASELINE CURRENT), or make one with `fastcifar bench step "
+                        f"--baseline PYTHON`")
+    sides = []
+    for side in ("baseline", "candidate"):
+        values = (ab.get(side) or {}).get("step_ms_rounds")
+        if not isinstance(values, list) or len(values) < 2:
+            raise UserError(f"{path}: its A/B record has fewer than 2 rounds; re-run with "
+                            f"--rounds 2 or more")
+        sides.append([_number(path, "step_ms_rounds", v) for v in values])
+    if len(sides[0]) != len(sides[1]):
+        raise UserError(f"{path}: the two sides have different numbers of rounds; re-run it")
+    verdict, shown = _interval_verdict(sides[0], sides[1], True, max_regression)
+    failed = verdict.startswith("FAIL")
+    lines = [f"{'metric':<26} {'baseline':>14} {'current':>14} {'change':>10}  verdict",
+             f"{'step_ms (paired rounds)':<26} {_fmt(statistics.median(sides[0])):>14} "
+             f"{_fmt(statistics.median(sides[1])):>14} {shown:>10}  {verdict}"]
+    rows, fp_failed = _fingerprint_rows((ab.get("baseline") or {}).get("fingerprint"),
+                                        (ab.get("candidate") or {}).get("fingerprint"))
+    lines += rows
+    from .abtest import judge
+
+    j = judge(sides[0], sides[1], True, max_regression)
+    md = j["min_detectable_slowdown"]
+    lines.append(f"({len(sides[0])} interleaved rounds; Mann-Whitney p "
+                 f"{j['mann_whitney_p']:.3g}; " + (
+                     f"at this threshold the run would catch a slowdown of {md:.1%} or more "
+                     f"80% of the time)" if md is not None else
+                     "too few rounds to show any slowdown: use 3 or more)"))
+    return (1 if failed or fp_failed else 0), lines
 
 
 def _calibrations(baseline_path, base, current_path, cur) -> tuple:

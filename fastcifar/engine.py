@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Optional
 
@@ -70,6 +71,7 @@ class Engine:
         self.data: Optional[devicedata.DeviceData] = None  # the last data `prepare` put there
         self.eval_batch = runtime.eval_batch_size  # per test set: `compile`/`prepare` set it
         self.compile_seconds = 0.0
+        self.planted_matmuls = _planted_matmuls(self.model, config.batch_size)
         self._compiled_for: Optional[tuple] = None  # (n_train, n_test) compiled by `compile`
         self._make_functions()
 
@@ -236,6 +238,8 @@ class Engine:
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss_sum = tf.reduce_sum(cross_entropy(labels, logits, cfg.label_smoothing))
+            if self.planted_matmuls:
+                loss_sum += _planted_work(self.planted_matmuls, self.step, loss_sum.dtype)
             # every replica adds 1/R of the penalty: the summed gradient holds it once
             penalty = l2_penalty([v for v, _ in self.decayed], cfg.weight_decay,
                                  cfg.batch_size, [k for _, k in self.decayed])
@@ -339,6 +343,41 @@ class Engine:
                            tf.constant(1, tf.int32))
         float(out[0].numpy()) + float(ev[0].numpy())
         return time.perf_counter() - t0
+
+
+PLANTED_SIZE = 256  # the planted matrix products are PLANTED_SIZE^3 each
+
+
+def _planted_matmuls(model, batch_size: int) -> int:
+    """Benchmark-only (`benchmarks/gate_power.py`): `FASTCIFAR_PLANTED_SLOWDOWN=0.05` adds
+    matrix products worth 5% of the step's FLOPs to every step, a real slowdown inside the
+    compiled step for measuring what the regression gate catches. Never set by fastcifar."""
+    share = os.environ.get("FASTCIFAR_PLANTED_SLOWDOWN")
+    if not share:
+        return 0
+    from .flops import train_flops
+
+    try:
+        fraction = float(share)
+    except ValueError:
+        raise ConfigError(f"invalid FASTCIFAR_PLANTED_SLOWDOWN={share!r}: a fraction of the "
+                          f"step's FLOPs, e.g. 0.05") from None
+    if not (math.isfinite(fraction) and 0 <= fraction <= 10):
+        raise ConfigError(f"invalid FASTCIFAR_PLANTED_SLOWDOWN={share!r}: use 0 to 10")
+    per_matmul = 2 * PLANTED_SIZE ** 3
+    return max(1, round(fraction * train_flops(model) * batch_size / per_matmul)) \
+        if fraction else 0
+
+
+def _planted_work(n: int, step, dtype):
+    """`n` chained float32 matrix products seeded by the step counter (so XLA cannot fold
+    them into a constant), added to the loss at a weight of 0 that XLA cannot prove: the
+    gradients are unchanged, the work is done."""
+    x = tf.fill([PLANTED_SIZE, PLANTED_SIZE], 1.0 + tf.cast(step % 7, tf.float32) * 1e-3)
+    w = tf.eye(PLANTED_SIZE) * (1.0 / (1.0 + 1e-6 * tf.cast(step % 3, tf.float32)))
+    for _ in range(n):
+        x = tf.matmul(x, w)
+    return tf.cast(tf.reduce_mean(x) * 1e-30, dtype)
 
 
 def _agree_on_overflow(ctx, grads):

@@ -43,7 +43,15 @@ METRICS: Mapping[str, Metric] = _declare(
            tensorboard="throughput/images_per_sec", column=(8, "img/s", 7, ".0f"),
            label="images/s (steady state)"),
     Metric("images_per_sec_spread", "images/s", "higher"),
-    Metric("step_ms", "ms", "lower", gated=("step",), label="step time (ms)"),
+    Metric("step_ms", "ms (median, p10/p90 and every timed call's samples)", "lower",
+           gated=("step",), label="step time (ms)"),
+    Metric("fingerprint", "counts from the training call's HLO (fastcifar.fingerprint): "
+                          "FLOPs per step, ops by kind, bytes, retraces while timing"),
+    Metric("step_ms_ratio", "ratio candidate/baseline of median step time, with its 95% "
+                            "interval (interleaved A/B)", "lower"),
+    Metric("mann_whitney_p", "one-sided p-value that the candidate's steps are slower"),
+    Metric("min_detectable_slowdown", "fraction: the smallest slowdown this A/B run would "
+                                      "catch 80% of the time", "lower"),
     Metric("compile_seconds", "s", "lower"),
     Metric("train_seconds", "s", "lower"),
     Metric("prep_seconds", "s", "lower"),
