@@ -1,8 +1,14 @@
 """fastcifar: DavidNet on CIFAR-10, compiled, device-resident, and measured honestly.
 
-Importing the package imports no TensorFlow and changes no global state: `Trainer` and
-friends load on first use, and `fastcifar.monitor` works where TensorFlow is absent.
+Importing the package imports no TensorFlow: `Trainer` and friends load on first use, and
+`fastcifar.monitor` works where TensorFlow is absent. The one thing it changes: when
+TensorFlow is first imported, its C++ start-up lines are hidden (`fastcifar.quiet`;
+`FASTCIFAR_TF_LOGS=1` shows them).
 """
+
+from . import quiet as _quiet
+
+_quiet.install()
 
 __version__ = "0.1.0"
 

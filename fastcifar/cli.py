@@ -34,6 +34,45 @@ def _batch_sizes(text: str) -> tuple:
     return sizes
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help (a setting's is the recipe's value); examples
+    in the epilog as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings or isinstance(default, bool):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EXAMPLES = {
+    "train": ["fastcifar train --data learnable:5000 --width 16 --epochs 2",
+              "fastcifar train --recipe airbench94 --data cifar10 --json run.json "
+              "--save model.keras",
+              "fastcifar train --data my-images/ --recipe fast --target 0.9 --saved-model "
+              "served/"],
+    "step": ["fastcifar bench step --recipe airbench94 --batch-size 256,512 --json step.json",
+             "fastcifar bench step --width 32 --batch-size 128 --steps 2 --reps 7 "
+             "--baseline ../base/.venv/bin/python --rounds 10 --max-regression 5% "
+             "--json ab.json"],
+    "accuracy": ["fastcifar bench accuracy --recipe airbench94 --runs 3 --json acc.json"],
+    "ablate": ["fastcifar bench ablate --recipe airbench94 --budget-epochs 2 --seeds 2"],
+    "evaluate": ["fastcifar evaluate model.keras --data cifar10"],
+    "export-step": ["fastcifar export-step step/ --recipe airbench94 --batch-size 1024"],
+    "compare": ["fastcifar compare base.json candidate.json --max-regression 10% --normalize",
+                "fastcifar compare ab.json --max-regression 5%"],
+    "report": ["fastcifar report run.json step.json -o report.png"],
+    "info": ["fastcifar info"],
+    "doctor": ["fastcifar doctor"],
+}
+
+
+def _epilog(name: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+
+
 def _add_settings(parser: argparse.ArgumentParser, skip=(), classes=None) -> None:
     """One flag per declared setting of TrainConfig and RuntimeConfig (or `classes`); a
     flag left out keeps the recipe's (or the runtime's default) value."""
@@ -44,7 +83,9 @@ def _add_settings(parser: argparse.ArgumentParser, skip=(), classes=None) -> Non
         parser.add_argument("--recipe", help=f"{', '.join(RECIPES)} (the flags below "
                             "override it)")
     for cls in classes:
-        group = parser.add_argument_group(f"{cls.__name__} settings")
+        group = parser.add_argument_group(
+            f"{cls.__name__} settings", "a flag left out keeps the recipe's value "
+            "(docs/settings.md lists every default)")
         for s in settings(cls):  # s: one declared setting
             if not s.flag or s.name in skip:
                 continue
@@ -63,12 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     def command(parent, name, func, help, data=None, json=True, quiet=True, profile=False):
-        parser = parent.add_parser(name, help=help)
+        parser = parent.add_parser(name, help=help, description=help,
+                                   formatter_class=_HelpFormatter, epilog=_epilog(name))
         parser.set_defaults(func=func)
         if data:
             parser.add_argument("--data", default=data, help="cifar10, synthetic[:N], "
                            "learnable[:N], or a path to the archive, its folder or an "
-                           f"image-folder tree (default {data})")
+                           "image-folder tree")
         if json:
             parser.add_argument("--json", metavar="PATH", help="write the result JSON here")
         if quiet:
@@ -80,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command(sub, "train", cmd_train, "train a recipe (default: davidnet)", "cifar10")
     train.add_argument("--save", metavar="PATH.keras", help="save the trained model")
+    train.add_argument("--saved-model", metavar="DIR", help="also write it as a TensorFlow "
+                       "SavedModel (TF Serving, TFLite): a new folder")
     train.add_argument("--logdir", metavar="DIR", help="TensorBoard scalars per epoch (losses, "
                        "accuracies, learning rate, images/s, utilisation)")
     train.add_argument("--profile", metavar="DIR", nargs="?", const="", help="TensorFlow "
@@ -118,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "switched off", "cifar10")
     ablate.add_argument("--budget-epochs", type=_count, help="epochs per run")
     ablate.add_argument("--seeds", type=_count, default=1, help="seeds per variant")
+    ablate.add_argument("--set", dest="variants", action="append", default=[],
+                        metavar="FIELD=VALUE[,FIELD=VALUE]", help="one more row with these "
+                        "values changed (repeatable), e.g. --set batch_size=1536,epochs=7.59 "
+                        "--set label_smoothing=0.09")
     _add_settings(ablate)
     evaluate = command(sub, "evaluate", cmd_evaluate, "evaluate a saved model as training "
                        "did (its normalisation and test-time views)", "cifar10", quiet=False)
@@ -222,7 +270,8 @@ def cmd_train(args) -> int:
     result = run_training(cfg, runtime, args.data, json_path=args.json, save_path=args.save,
                           profile_dir=args.profile, logdir=args.logdir,
                           target_declared=hasattr(args, "target"), quiet=args.quiet,
-                          on_start=on_start, on_epoch=on_epoch)
+                          on_start=on_start, on_epoch=on_epoch,
+                          saved_model_dir=args.saved_model)
     metrics, worker = result["metrics"], result["runtime"].get("worker", 0)
     reached = metrics["seconds_to_target"]
     target = result["config"]["target"]  # the run's: a CIFAR-10 target is dropped elsewhere
@@ -328,8 +377,13 @@ def cmd_bench_ablate(args) -> int:
     say = _start(args)
     cfg, runtime = _configs(args)
     import_tensorflow_quietly()
+    from .config import parse_overrides
+
+    variants = [parse_overrides(text) for text in args.variants]
+    for changes in variants:
+        cfg.replace(**changes)  # each row's values checked before any work
     result = ablation_benchmark(cfg, runtime, args.data, args.budget_epochs, args.seeds,
-                                quiet=args.quiet, say=say)
+                                quiet=args.quiet, say=say, variants=variants)
     _write(args, result)
     print("\n" + "\n".join(ablation_table(result)))
     return 0
@@ -420,22 +474,36 @@ _signals_seen: list[int] = []
 
 
 def _on_signal(signum, frame):
+    from .util import STOP_REQUESTED
+
     _signals_seen.append(signum)
+    STOP_REQUESTED.append(signum)
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"fastcifar: warning: {message}\n"
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # a hint, not a traceback
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 still prints
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    from .util import STOP_REQUESTED
+
     _signals_seen.clear()
+    STOP_REQUESTED.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _main(argv)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        STOP_REQUESTED.clear()
 
 
 def _write_failed_result(args, error: UserError) -> None:
@@ -479,7 +547,10 @@ def _main(argv) -> int:
             parser.print_help()
             return EXIT_USAGE
         args.argv = argv  # a supervised child re-runs the same command
-        return args.func(args)
+        code = args.func(args)
+        if _signals_seen:  # the interrupt was swallowed somewhere (a gc callback)
+            return _stopped(_signals_seen[-1] == signal.SIGTERM)
+        return code
     except UserError as e:
         _write_failed_result(args, e)
         print(f"fastcifar: error: {e}", file=sys.stderr)

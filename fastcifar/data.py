@@ -56,7 +56,7 @@ class Dataset:
     def identity(self) -> dict:
         return {"name": self.name, "sha256": self.sha256,
                 "train_size": int(len(self.x_train)), "test_size": int(len(self.x_test)),
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "classes": list(self.classes)}
 
 
 def cache_dir() -> Path:
@@ -83,6 +83,107 @@ def make_dataset(x_train, y_train, x_test, y_test, name: str,
     arrays = [np.ascontiguousarray(x_train), np.asarray(y_train, np.int32),
               np.ascontiguousarray(x_test), np.asarray(y_test, np.int32)]
     return Dataset(*arrays, name=name, sha256=content_hash(*arrays), classes=tuple(classes))
+
+
+# --- data a user already holds ------------------------------------------------------------
+
+def _pixels(x, name: str, split: str) -> np.ndarray:
+    """Images as uint8 NHWC: uint8 as they are; integers in [0, 255]; floats in [0, 1]
+    (x 255) or [0, 255], rounded. Anything else (normalised or negative values) is refused:
+    fastcifar normalises with the training set's statistics itself."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise DataError(f"{name}: {split} images must have shape (N, 32, 32, 3) (NHWC, RGB), "
+                        f"got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{name}: {split} images must be uint8, integer or float pixels, got "
+                        f"{x.dtype}")
+    if x.size and not np.all(np.isfinite(x)):
+        raise DataError(f"{name}: {split} images hold NaN or infinite values")
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+        raise DataError(f"{name}: {split} pixel values span [{low:g}, {high:g}]: pass raw "
+                        f"pixels (uint8, or floats in [0, 1] or [0, 255]); fastcifar "
+                        f"normalises them itself")
+    scale = 255.0 if np.issubdtype(x.dtype, np.floating) and high <= 1.0 else 1.0
+    return np.rint(x.astype(np.float64) * scale).astype(np.uint8)
+
+
+def _labels(y, n: int, name: str, split: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        hint = " (one-hot? pass class indices: y.argmax(-1))" if y.ndim == 2 else ""
+        raise DataError(f"{name}: {split} labels must be a vector of {n} class indices, got "
+                        f"shape {y.shape}{hint}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
+                and np.all(y == np.rint(y))):
+            raise DataError(f"{name}: {split} labels must be integer class indices, got "
+                            f"{y.dtype}")
+        y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise DataError(f"{name}: {split} labels must be >= 0, got {y.min()}")
+    return y.astype(np.int64)
+
+
+def _materialised(split_data, name: str, split: str) -> tuple:
+    """(images, labels) from a pair of arrays or a tf.data.Dataset of (image, label),
+    batched or not, read once."""
+    if hasattr(split_data, "as_numpy_iterator"):  # tf.data.Dataset
+        images, labels = [], []
+        for element in split_data.as_numpy_iterator():
+            if not (isinstance(element, tuple) and len(element) == 2):
+                raise DataError(f"{name}: the {split} tf.data.Dataset must yield (image, "
+                                f"label) pairs")
+            x, y = np.asarray(element[0]), np.asarray(element[1])
+            batched = x.ndim == 4
+            images.append(x if batched else x[None])
+            labels.append(y.reshape(-1) if batched else y.reshape(1))
+        if not images:
+            raise DataError(f"{name}: the {split} tf.data.Dataset is empty")
+        x, y = np.concatenate(images), np.concatenate(labels)
+    elif isinstance(split_data, (tuple, list)) and len(split_data) == 2:
+        x, y = split_data
+    else:
+        raise DataError(f"{name}: the {split} data must be (images, labels) arrays or a "
+                        f"tf.data.Dataset of (image, label), got {type(split_data).__name__}")
+    x = _pixels(x, name, split)
+    return x, _labels(y, len(x), name, split)
+
+
+def from_arrays(train, test, name: str = "arrays", classes: Optional[tuple] = None) -> Dataset:
+    """A `Dataset` from data a user holds: `train` and `test` each `(images, labels)`
+    numpy arrays or a `tf.data.Dataset` of (image, label). Images are materialised once
+    as uint8 pixels (see `_pixels`); `classes` defaults to class0..classK-1 for the
+    largest label K-1 (at least 2 classes)."""
+    x_train, y_train = _materialised(train, name, "train")
+    x_test, y_test = _materialised(test, name, "test")
+    if classes is None:
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        classes = tuple(f"class{i}" for i in range(max(top + 1, 2)))
+    return make_dataset(x_train, y_train, x_test, y_test, name, tuple(classes))
+
+
+def as_dataset(data, validation_data=None) -> Dataset:
+    """What `Trainer.fit` accepts, as a `Dataset`: a Dataset; `(train, test)` with each
+    split as `from_arrays` takes it; or the training split with `validation_data`."""
+    if isinstance(data, Dataset):
+        if validation_data is not None:
+            raise DataError("a Dataset holds its own test split: drop validation_data")
+        return data
+    if validation_data is not None:
+        return from_arrays(data, validation_data)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            hasattr(part, "as_numpy_iterator") or (isinstance(part, (tuple, list))
+                                                   and len(part) == 2) for part in data):
+        return from_arrays(data[0], data[1])
+    raise DataError("fit() takes a fastcifar Dataset (fastcifar.load_data), "
+                    "((x_train, y_train), (x_test, y_test)) arrays, or training data with "
+                    "validation_data=(x_test, y_test) (arrays or tf.data.Datasets)")
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple:
@@ -484,13 +585,12 @@ def _class_names(split_dir: Path) -> tuple:
                    if p.is_dir() and not p.name.startswith("."))  # .ipynb_checkpoints etc.
     if set(names) == set(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
-    if len(names) > len(CIFAR10_CLASSES):
-        raise DataError(f"{split_dir} has {len(names)} class folders ({', '.join(names[:12])}"
-                        f"{', ...' if len(names) > 12 else ''}); the net has 10 outputs: "
-                        f"keep 10 classes")
     if not names:
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/")
-    return tuple(names)
+    if len(names) < 2:
+        raise DataError(f"{split_dir} has one class folder ({names[0]}): a classifier needs "
+                        f"at least 2 classes")
+    return tuple(names)  # any number: the net's head follows the data
 
 
 def _list_images(root: Path, classes: tuple) -> list:
@@ -649,6 +749,27 @@ def input_path(spec: str) -> Optional[str]:
     if spec.split(":")[0] in ("synthetic", "learnable") or not spec:
         return None
     return str(Path(spec).expanduser())
+
+
+def training_images(spec: str) -> Optional[int]:
+    """How many training images `spec` holds, known without decoding any (so settings
+    that do not fit the data are refused before the work starts); None when that takes
+    reading the data."""
+    spec = str(spec)
+    if spec.split(":")[0] in [fmt.name for fmt in FORMATS]:
+        return 50000
+    if spec.split(":")[0] in ("synthetic", "learnable"):
+        try:
+            return _parse_count(spec, 50000 if spec.startswith("synthetic") else 5000)
+        except DataError:
+            return None
+    path = Path(spec).expanduser() if spec else None
+    if path is not None and (path / "train").is_dir() and (path / "test").is_dir():
+        try:
+            return len(_list_images(path / "train", _class_names(path / "train")))
+        except (DataError, OSError):
+            return None  # the load says what is wrong
+    return None
 
 
 def load(spec: str = "cifar10", quiet: bool = True) -> Dataset:

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import augment, compiling, devicedata, distribute, evaluation
-from .config import RuntimeConfig, TrainConfig, check_batch_split
+from .config import RuntimeConfig, TrainConfig, check_batch_split, check_budget
 from .errors import ConfigError
 from .usernet import network_for
 from .optim import l2_penalty, make_optimizer, schedule_factor
@@ -59,6 +59,9 @@ class Engine:
         distribute.check_xla(self.runtime.xla, self.placement, config.strategy)
         apply_determinism(self.runtime.deterministic)
         self.compute_dtype = tf.as_dtype(keras.DTypePolicy(self.runtime.precision).compute_dtype)
+        from .nets import NETS
+
+        self.user_model = model is not None or self.config.net not in NETS
         self.loss_scaling = self.runtime.precision == "mixed_float16"
         with self.placement.scope():
             self.model, conv_grad = network_for(self.config, self.runtime, model,
@@ -69,6 +72,7 @@ class Engine:
             self.optimizer = make_optimizer(self)
             self.techniques = techniques_for(self)
         self.data: Optional[devicedata.DeviceData] = None  # the last data `prepare` put there
+        self.class_names: Optional[list] = None  # of the data `prepare` put there
         self.eval_batch = runtime.eval_batch_size  # per test set: `compile`/`prepare` set it
         self.compile_seconds = 0.0
         self.planted_matmuls = _planted_matmuls(self.model, config.batch_size)
@@ -80,7 +84,10 @@ class Engine:
         """Which variables take which rule: BatchNorm betas at `bias_lr_scale` (their decay
         divided by it), Muon's conv filters (no decay), the whitening bias (frozen later)."""
         cfg, trainable = self.config, self.model.trainable_variables
-        self.lr_scales = [cfg.bias_lr_scale if _is_bias(v) else 1.0 for v in trainable]
+        whiten_bias = lambda v: cfg.whiten_bias_linear and "whiten_bias" in str(
+            getattr(v, "path", v.name))
+        self.lr_scales = [cfg.bias_lr_scale if _is_bias(v) or whiten_bias(v) else 1.0
+                          for v in trainable]
         self.muon_variables = [v for v in trainable if len(v.shape) == 4] if cfg.muon_lr \
             else []
         if cfg.muon_lr and not self.muon_variables:
@@ -152,25 +159,31 @@ class Engine:
     def learning_rate(self):
         """The per-example learning rate at the current step (the optimizer reads this):
         the loss is a sum over the batch, so the rate is lr_peak / batch at the peak."""
-        return self.lr_factor() * (self.config.lr_peak / self.config.batch_size)
+        return self.lr_factor() * self.rate_per_summed_loss()
+
+    def rate_per_summed_loss(self) -> float:
+        """The peak rate a step applies to the summed loss's gradient: lr_peak over the
+        batch it is quoted for (`lr_batch`; the run's own batch when 0)."""
+        return self.config.lr_peak / (self.config.lr_batch or self.config.batch_size)
 
     def muon_learning_rate(self):
         """Muon's rate on the same schedule: muon_lr at the peak (its update is a
         normalised direction, not a sum over the batch)."""
         return self.lr_factor() * self.config.muon_lr
 
+    def whiten_bias_learning_rate(self):
+        """airbench94_muon's whitening bias (`whiten_bias_linear`): the peak rate, falling
+        linearly to 0 at step ceil(whiten_bias_epochs x steps per epoch), off the recipe's
+        schedule (its bias_lr_scale is applied to the gradient, as for the other biases)."""
+        end = tf.math.ceil(self.config.whiten_bias_epochs
+                           * tf.cast(self.epoch_steps, tf.float32))
+        left = tf.maximum(1.0 - tf.cast(self.step, tf.float32) / end, 0.0)
+        return left * self.rate_per_summed_loss()
+
     def check_budget(self, n_train: int) -> int:
         """Steps per epoch on `n_train` images, refusing a batch larger than the set or a
         run of less than one step (one line each, before any work)."""
-        steps = self.steps_per_epoch(n_train)
-        if steps < 1:
-            raise ConfigError(f"invalid batch_size={self.config.batch_size}: larger than the "
-                              f"{n_train} training images; lower --batch-size")
-        if self.total_steps_for(n_train) < 1:
-            raise ConfigError(f"invalid epochs={self.config.epochs}: less than one step "
-                              f"({steps} steps make an epoch here); use at least "
-                              f"--epochs {1 / steps:.6g}")
-        return steps
+        return check_budget(self.config, n_train)
 
     def _use_sets_of(self, n_train: int, n_test: int) -> None:
         """Size the schedule, the epoch table and the evaluation batch for these sets
@@ -189,6 +202,7 @@ class Engine:
         """Statistics, padding and upload, once, on the training device(s)."""
         self._use_sets_of(len(ds.x_train), len(ds.x_test))
         self.data = devicedata.upload(self, ds)
+        self.class_names = list(getattr(ds, "classes", ()) or ()) or None
         return self.data
 
     def normalise(self, x, mean, std):

@@ -102,7 +102,18 @@ def call_hlo(engine, data, steps: int) -> str:
 
     fn = tf.function(engine._train_loop, jit_compile=True)
     args = (data.x_train, data.y_train, data.mean, data.std, tf.constant(steps, tf.int32))
-    return fn.experimental_get_compiler_ir(*args)(stage="hlo")
+    return compiler_ir(fn.experimental_get_compiler_ir(*args), "hlo", data.x_train.device)
+
+
+def compiler_ir(generator, stage: str, device: str):
+    """`generator(stage)` on `device`, named: without it TensorFlow finds the device by
+    running an unseeded random op, which op determinism (--deterministic) refuses. (It
+    warns that `device_name` is deprecated, yet has no other way to skip that op.)"""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="device_name is being deprecated")
+        return generator(stage=stage, device_name=device)
 
 
 def of_engine(engine, data, steps: int) -> dict:
@@ -112,7 +123,12 @@ def of_engine(engine, data, steps: int) -> dict:
     if engine.distributed:
         return {"error": "no fingerprint for a distributed run: its call is not one XLA "
                          "module"}
-    counted = from_hlo(call_hlo(engine, data, steps))
+    try:
+        counted = from_hlo(call_hlo(engine, data, steps))
+    except (ValueError, RuntimeError) as e:  # e.g. no deterministic XLA max-pool gradient
+        from .errors import gist
+
+        return {"error": f"no fingerprint: XLA could not lower the step ({gist(e)})"}
     return {"flops_per_step": counted["flops"], **counted["ops"],
             "parameter_bytes": counted["parameter_bytes"],
             "output_bytes": counted["output_bytes"],

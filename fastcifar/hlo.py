@@ -111,7 +111,10 @@ def export_step(engine, data, dataset: dict, folder: str, steps: int,
     args = (data.x_train, data.y_train, data.mean, data.std, tf.constant(steps, tf.int32))
     concrete = engine._train_fn.get_concrete_function(*args)
     ir = engine._train_fn.experimental_get_compiler_ir(*args)
-    proto, text = ir(stage="hlo_serialized"), ir(stage="hlo")
+    from .fingerprint import compiler_ir
+
+    proto = compiler_ir(ir, "hlo_serialized", data.x_train.device)
+    text = compiler_ir(ir, "hlo", data.x_train.device)
     params, outputs, aliases = parse_layout(text)
     named = _variables_by_handle(engine)
     inputs = [(name, meaning, t.numpy()) for (name, meaning), t in

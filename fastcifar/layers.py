@@ -100,7 +100,7 @@ class BatchNorm(layers.BatchNormalization):
         return tf.cast(y, x.dtype), mean, var * (n / max(n - 1.0, 1.0))
 
 
-ACTIVATIONS = ("relu", "celu", "gelu")
+ACTIVATIONS = ("relu", "celu", "gelu", "silu")
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
@@ -143,7 +143,8 @@ class GELU(layers.Layer):
 
 
 def activation_layer(activation: str, dtype, name: str) -> layers.Layer:
-    """The activation after a BatchNorm: ReLU, CELU, or the fused exact GELU."""
+    """The activation after a BatchNorm: ReLU, CELU, SiLU (x sigmoid(x), the airbench
+    descendants'), or the fused exact GELU."""
     if activation == "relu":
         return layers.ReLU(dtype=dtype, name=name)
     if activation == "gelu":
@@ -241,6 +242,24 @@ class DiracUniform(keras.initializers.Initializer):
         first = np.zeros(shape, bool)
         first[..., :n] = True
         return tf.cast(tf.where(first, identity, uniform), dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="fastcifar")
+class UnitStdUniform(keras.initializers.Initializer):
+    """airbench94_muon's head init: PyTorch's uniform(+-1/sqrt(fan_in)), then divided by
+    its own standard deviation (unit std)."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        import tensorflow as tf
+
+        w = torch_uniform(self.seed)(shape, dtype="float32")
+        return tf.cast(w / tf.math.reduce_std(w), dtype or "float32")
 
     def get_config(self):
         return {"seed": self.seed}

@@ -21,19 +21,52 @@ from .errors import TrainingDiverged
 
 @dataclass
 class FitResult:
-    """What `Trainer.fit` returns."""
+    """What `Trainer.fit` returns (docs/training.md, "What fit returns")."""
 
-    history: list = field(default_factory=list)  # one row per epoch (fields: `metrics`)
-    final_test_acc: float = 0.0
-    final_test_loss: float = 0.0
-    seconds_to_target: Optional[float] = None
-    train_seconds: float = 0.0   # the whole clock: preparation, training, evaluations
-    prep_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    compile_seconds: float = 0.0
-    images_per_sec: float = 0.0
+    history: list = field(default_factory=list)   # one dict per epoch (`fastcifar.metrics`)
+    final_test_acc: float = 0.0                    # fraction of the test set, last evaluation
+    final_test_loss: float = 0.0                   # mean cross-entropy per test image
+    seconds_to_target: Optional[float] = None      # clock when config.target was first met
+    train_seconds: float = 0.0     # the whole clock: preparation, training, evaluations
+    prep_seconds: float = 0.0      # statistics, padding, upload, whitening fit
+    eval_seconds: float = 0.0      # every evaluation the run made
+    compile_seconds: float = 0.0   # compiling, apart from the clock
+    images_per_sec: float = 0.0    # training images per second of training time
     steps_per_epoch: int = 0
     utilization: Optional[dict] = None  # monitor result over the training windows
+    stopped_early: bool = False    # a callback set model.stop_training
+
+
+# history field -> the name Keras callbacks look for in `logs`
+KERAS_LOGS = {"train_loss": "loss", "train_acc": "accuracy", "test_loss": "val_loss",
+              "test_acc": "val_accuracy", "lr": "learning_rate"}
+
+
+def keras_logs(row: dict) -> dict:
+    """An epoch's row as Keras callbacks see it: every number measured, under fastcifar's
+    names and Keras' (`loss`, `accuracy`, `val_loss`, `val_accuracy`, `learning_rate`)."""
+    # not `epoch`: Keras passes the epoch itself (ModelCheckpoint formats both into a path)
+    logs = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+    logs.update({KERAS_LOGS[k]: v for k, v in logs.items() if k in KERAS_LOGS})
+    return logs
+
+
+def _callbacks(engine, callbacks, epochs: int, steps: int):
+    """Keras callbacks around the run loop (never inside the compiled call): `callback.model`
+    is the network being trained; `model.stop_training` ends the run after the epoch."""
+    if not callbacks:
+        return None
+    import keras
+
+    listed = list(callbacks)
+    for cb in listed:
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise TypeError(f"callbacks must be keras.callbacks.Callback objects, got "
+                            f"{type(cb).__name__}")
+    engine.model.stop_training = False
+    return keras.callbacks.CallbackList(listed, add_history=False, add_progbar=False,
+                                        model=engine.model, epochs=epochs, steps=steps,
+                                        verbose=0)
 
 
 @dataclass
@@ -47,11 +80,12 @@ class _Clock:
 
 def fit(engine, ds, epochs: Optional[float] = None, quiet: bool = True,
         on_epoch: Optional[Callable[[dict], None]] = None, monitor=None,
-        on_progress: Optional[Callable[[], None]] = None) -> FitResult:
+        on_progress: Optional[Callable[[], None]] = None, callbacks=None) -> FitResult:
     """Train `engine` on `ds` and evaluate (see the module's clock rule). A started
     `fastcifar.monitor.Monitor` gets one window per epoch's training phase.
     `on_progress()` is called after compiling, every compiled call and every evaluation
-    (a supervisor's heartbeat)."""
+    (a supervisor's heartbeat); `on_epoch(row)` and Keras `callbacks` at epoch ends, on
+    the host, between compiled calls."""
     progress = on_progress or (lambda: None)
     engine.compile(len(ds.x_train), len(ds.x_test))
     progress()
@@ -60,10 +94,17 @@ def fit(engine, ds, epochs: Optional[float] = None, quiet: bool = True,
     steps_per_epoch = engine.steps_per_epoch(data.n_train)
     total = engine.total_steps_for(data.n_train, epochs)
     n_epochs = math.ceil(total / steps_per_epoch)
+    if engine.user_model:
+        _warn_unsettled_batchnorm(engine.model, total)
     result = FitResult(prep_seconds=time.perf_counter() - t0,
                        compile_seconds=engine.compile_seconds, steps_per_epoch=steps_per_epoch)
     clock, windows = _Clock(elapsed=result.prep_seconds), []
+    listeners = _callbacks(engine, callbacks, n_epochs, steps_per_epoch)
+    if listeners is not None:
+        listeners.on_train_begin({})
     for epoch in range(1, n_epochs + 1):
+        if listeners is not None:
+            listeners.on_epoch_begin(epoch - 1, {})
         steps = min(steps_per_epoch, total - (epoch - 1) * steps_per_epoch)
         row, window = _train_phase(engine, data, epoch, n_epochs, steps, quiet, progress,
                                    monitor, clock, result.history)
@@ -76,7 +117,53 @@ def fit(engine, ds, epochs: Optional[float] = None, quiet: bool = True,
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-    return _finished(result, clock, monitor, windows)
+        if listeners is not None:
+            listeners.on_epoch_end(epoch - 1, keras_logs(row))
+            if getattr(engine.model, "stop_training", False) and epoch < n_epochs:
+                result.stopped_early = True
+                if row["test_acc"] is None:  # the run's last row carries its accuracy
+                    _evaluation(engine, data, row, clock, result)
+                    row["seconds"] = clock.elapsed
+                break
+    finished = _finished(result, clock, monitor, windows)
+    if listeners is not None:
+        listeners.on_train_end(keras_logs(result.history[-1]) if result.history else {})
+    return finished
+
+
+def unsettled_batchnorm(model, steps: int) -> list:
+    """(layer name, momentum, steps it needs) for every BatchNormalization whose moving
+    statistics cannot settle in `steps` steps: after k steps the initial (0, 1) statistics
+    still weigh m^k, about e^-3 (5%) at k = 3 / (1 - m)."""
+    import keras
+
+    def every(layer):
+        for sub in getattr(layer, "layers", None) or ():
+            yield sub
+            yield from every(sub)
+
+    out = []
+    for layer in every(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            m = float(layer.momentum)
+            needed = math.ceil(3 / (1 - m)) if m < 1 else math.inf
+            if steps < needed:
+                out.append((layer.name, m, needed))
+    return out
+
+
+def _warn_unsettled_batchnorm(model, steps: int) -> None:
+    import warnings
+
+    bad = unsettled_batchnorm(model, steps)
+    if bad:
+        name, m, needed = max(bad, key=lambda b: b[2])
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        warnings.warn(f"BatchNormalization {name!r}{more} has momentum {m:g}: its moving statistics need about {needed} steps to settle and "
+                      f"this run has {steps}, so evaluation will use statistics still near "
+                      f"their start (a test loss far above the training loss); use momentum "
+                      f"<= {max(0.0, 1 - 3 / steps):.2f} or train longer", UserWarning,
+                      stacklevel=3)
 
 
 def _prepared(engine, ds):

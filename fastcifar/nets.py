@@ -31,6 +31,8 @@ NETS: Mapping[str, NetSpec] = {
     "davidnet": NetSpec("fastcifar.davidnet:davidnet", 10000, 1e-2, davidnet_parameters),
     "airbench94": NetSpec("fastcifar.airbench:airbench94", 5000, 5e-4,
                           airbench94_parameters),
+    "airbench94_muon": NetSpec("fastcifar.airbench:airbench94_muon", 5000, 5e-4,
+                               airbench94_parameters),
 }
 
 

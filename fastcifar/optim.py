@@ -19,12 +19,13 @@ from keras import ops
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(g, steps: int = 3, eps: float = 1e-7):
-    """An approximate orthogonalisation of the matrix `g` (float32): g / |g|_F, then
+def newton_schulz(g, steps: int = 3, eps: float = 1e-7, dtype=tf.float32):
+    """An approximate orthogonalisation of the matrix `g`: g / |g|_F, then
     X <- a X + (b A + c A^2) X with A = X X^T, on the wide orientation (fewer rows).
-    Each step applies the odd polynomial a s + b s^3 + c s^5 to every singular value."""
+    Each step applies the odd polynomial a s + b s^3 + c s^5 to every singular value.
+    airbench94_muon computes it in bfloat16 (`dtype`)."""
     a, b, c = NEWTON_SCHULZ
-    x = tf.cast(g, tf.float32)
+    x = tf.cast(g, dtype)
     x = x / (tf.norm(x) + eps)
     tall = g.shape[0] > g.shape[1]
     if tall:
@@ -46,12 +47,17 @@ class TutorialNesterov(keras.optimizers.Optimizer):
     a number or a function of nothing (read once per step, like `learning_rate`)."""
 
     def __init__(self, learning_rate=0.01, momentum=0.9, name="tutorial_nesterov",
-                 muon=(), muon_learning_rate=0.0, muon_momentum=0.6, **kwargs):
+                 muon=(), muon_learning_rate=0.0, muon_momentum=0.6, muon_bf16=False,
+                 rates=None, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.muon = tuple(muon)  # variable paths
         self.muon_learning_rate = muon_learning_rate
         self.muon_momentum = float(muon_momentum)
+        self.muon_bf16 = bool(muon_bf16)
+        # variable path -> its own rate (a function of nothing, read once per step), in
+        # place of `learning_rate` (airbench94_muon's whitening bias)
+        self.rates = dict(rates or {})
 
     def build(self, variables):
         if self.built:
@@ -59,13 +65,15 @@ class TutorialNesterov(keras.optimizers.Optimizer):
         super().build(variables)
         self._velocities = [self.add_variable_from_reference(v, "velocity") for v in variables]
         self._muon_index = set()
-        if not self.muon:  # plain tf.Variables have no .path
+        self._rate_of = {}
+        if not self.muon and not self.rates:  # plain tf.Variables have no .path
             return
         paths = [getattr(v, "path", v.name) for v in variables]
         self._muon_index = {i for i, p in enumerate(paths) if p in self.muon}
-        missing = set(self.muon) - set(paths)
+        self._rate_of = {i: self.rates[p] for i, p in enumerate(paths) if p in self.rates}
+        missing = (set(self.muon) | set(self.rates)) - set(paths)
         if missing:
-            raise ValueError(f"muon variables not among those built: {sorted(missing)}")
+            raise ValueError(f"variables not among those built: {sorted(missing)}")
 
     def velocity(self, variable):
         """The momentum slot of `variable`."""
@@ -81,6 +89,8 @@ class TutorialNesterov(keras.optimizers.Optimizer):
             self._muon_step(g, variable, v, ops.cast(rate() if callable(rate) else rate,
                                                      variable.dtype))
             return
+        if index in self._rate_of:
+            lr = ops.cast(self._rate_of[index](), variable.dtype)
         mu = ops.cast(self.momentum, variable.dtype)
         self.assign(v, mu * v + g)
         self.assign_sub(variable, lr * (g + mu * v))
@@ -92,7 +102,9 @@ class TutorialNesterov(keras.optimizers.Optimizer):
         out = variable.shape[-1]
         w = tf.convert_to_tensor(variable)
         w = w * (out ** 0.5 / tf.maximum(tf.norm(w), 1e-12))
-        update = tf.transpose(newton_schulz(tf.transpose(tf.reshape(u, [-1, out]))))
+        update = tf.transpose(newton_schulz(tf.transpose(tf.reshape(u, [-1, out])),
+                                            dtype=tf.bfloat16 if self.muon_bf16
+                                            else tf.float32))
         self.assign(variable, w - lr * tf.reshape(tf.cast(update, w.dtype), variable.shape))
 
     def get_config(self):
@@ -100,7 +112,7 @@ class TutorialNesterov(keras.optimizers.Optimizer):
         rate = self.muon_learning_rate
         config.update(momentum=self.momentum, muon=list(self.muon),
                       muon_learning_rate=None if callable(rate) else float(rate),
-                      muon_momentum=self.muon_momentum)
+                      muon_momentum=self.muon_momentum, muon_bf16=self.muon_bf16)
         return config
 
 
@@ -157,10 +169,13 @@ def make_optimizer(engine):
     (Muon for `engine.muon_variables`) on the engine's schedule, wrapped in loss scaling
     under float16."""
     cfg = engine.config
+    rates = ({engine.whiten_bias.path: engine.whiten_bias_learning_rate}
+             if cfg.whiten_bias_linear and engine.whiten_bias is not None else {})
     inner = TutorialNesterov(learning_rate=engine.learning_rate, momentum=cfg.momentum,
                              muon=[v.path for v in engine.muon_variables],
                              muon_learning_rate=engine.muon_learning_rate,
-                             muon_momentum=cfg.muon_momentum)
+                             muon_momentum=cfg.muon_momentum, muon_bf16=cfg.muon_bf16,
+                             rates=rates)
     optimizer = inner
     if engine.loss_scaling:
         # The loss is a sum over the batch, B times a mean: start the scale B times lower

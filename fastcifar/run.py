@@ -28,7 +28,8 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
                  save_path: Optional[str] = None, profile_dir: Optional[str] = None,
                  logdir: Optional[str] = None, target_declared: bool = True,
                  quiet: bool = True, model=None, on_start: Optional[Callable] = None,
-                 on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
+                 on_epoch: Optional[Callable[[dict], None]] = None,
+                 saved_model_dir: Optional[str] = None) -> dict:
     """Train `config` on `data` and return the result (the `fastcifar.results` schema).
 
     The net's outputs follow the data's classes. A recipe's target is a CIFAR-10 figure:
@@ -36,7 +37,8 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     scalars per epoch (and the profile, if `profile_dir` is ""). `model`: a user's model
     or builder (see `Trainer`). `on_start(trainer, dataset, cluster)` and `on_epoch(row)`
     let a caller print; in a multi-worker run only worker 0 calls them, writes
-    `json_path` and `save_path`, and worker i writes `json_path` as PATH.worker<i>.json."""
+    `json_path` and `save_path`, and worker i writes `json_path` as PATH.worker<i>.json.
+    `saved_model_dir`: also a TensorFlow SavedModel of the served model there (new)."""
     from . import data as data_mod
 
     peers = None
@@ -50,8 +52,18 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
     chief = peers is None or peers.is_chief
     json_path = cluster.worker_path(json_path, peers)
     save_path = save_path if chief else None
+    saved_model_dir = saved_model_dir if chief else None
     results.check_outputs([("--json", json_path, None), ("--save", save_path, ".keras")],
                           [("--data", data_mod.input_path(data))])
+    if saved_model_dir is not None:
+        from .serving import check_new_folder
+
+        check_new_folder(saved_model_dir, "--saved-model")
+        if os.path.abspath(saved_model_dir) in {os.path.abspath(p) for p in
+                                                (json_path, save_path, logdir, profile_dir,
+                                                 data_mod.input_path(data)) if p}:
+            raise UserError(f"--saved-model {saved_model_dir} is also another input or "
+                            f"output of this run; choose its own folder")
     if logdir is not None:
         results.check_folder(logdir, "TensorBoard scalars")
     if profile_dir == "" and logdir:
@@ -65,6 +77,11 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
             raise UserError("--logdir needs TensorBoard, which TensorFlow no longer installs: "
                             "pip install tensorboard")
 
+    known = data_mod.training_images(data)
+    if known is not None:  # settings that do not fit the data: refused before decoding
+        from .config import check_budget
+
+        check_budget(config, known)
     # before anything initialises TensorFlow (loading image folders decodes with it)
     strategy = distribute.make_strategy(config, runtime)
     progress("ready")  # every peer joined: the supervisor's start-up deadline is met
@@ -96,7 +113,7 @@ def run_training(config: TrainConfig, runtime: RuntimeConfig = RuntimeConfig(),
             _write_outputs(json_path, e.result, None, None)
         raise
     result = _result(trainer, res, ds, peers)
-    _write_outputs(json_path, result, save_path, trainer)
+    _write_outputs(json_path, result, save_path, trainer, saved_model_dir)
     if profile_dir:
         from .profiling import profile_steps
 
@@ -134,16 +151,20 @@ def _with_tensorboard(logdir: str, on_epoch):
     return write
 
 
-def _write_outputs(json_path, result, save_path, trainer) -> None:
-    """The JSON first (small, and the record of the run), then the model. A failure after
-    a finished run is one line that says what was and was not written."""
+def _write_outputs(json_path, result, save_path, trainer, saved_model_dir=None) -> None:
+    """The JSON first (small, and the record of the run), then the model(s). A failure
+    after a finished run is one line that says what was and was not written."""
     written = []
     def save():
         trainer.save(save_path)
         results.note_written(save_path)
 
+    def save_saved_model():
+        trainer.save_saved_model(saved_model_dir)
+        results.note_written(saved_model_dir)
+
     for path, write in ((json_path, lambda: results.write_json(json_path, result)),
-                        (save_path, save)):
+                        (save_path, save), (saved_model_dir, save_saved_model)):
         if not path:
             continue
         try:

@@ -82,7 +82,24 @@ class MeanOverViews(layers.Layer):
         return {**super().get_config(), "views": self.views, "weights": self.view_weights}
 
 
-def inference_model(network: keras.Model, mean, std, tta: str = "none") -> keras.Model:
+@keras.saving.register_keras_serializable(package="fastcifar")
+class ClassNames(layers.Layer):
+    """The logits, unchanged; the class names travel in the saved file
+    (`model.get_layer("class_names").names`)."""
+
+    def __init__(self, names=(), **kwargs):
+        super().__init__(**kwargs)
+        self.names = [str(n) for n in names]
+
+    def call(self, logits):
+        return logits
+
+    def get_config(self):
+        return {**super().get_config(), "names": self.names}
+
+
+def inference_model(network: keras.Model, mean, std, tta: str = "none",
+                    class_names=()) -> keras.Model:
     """Pixels (0-255) -> logits exactly as evaluation computes them: the training set's
     statistics, then the mean logits over the test-time views. Saved, it loads in Keras'
     safe mode after `import fastcifar.serving`."""
@@ -93,6 +110,7 @@ def inference_model(network: keras.Model, mean, std, tta: str = "none") -> keras
     x = TestTimeViews(tta, name="test_time_views")(x)
     logits = MeanOverViews(len(TTA_WEIGHTS[tta]), TTA_WEIGHTS[tta],
                            name="mean_over_views")(network(x))
+    logits = ClassNames(class_names, name="class_names")(logits)
     return keras.Model(image, logits, name=f"{network.name}_inference")
 
 
@@ -125,8 +143,9 @@ def export(engine, mean=None, std=None) -> keras.Model:
     """The evaluated model as one Keras model from pixels to logits (normalisation and
     test-time views included), sharing the engine's variables."""
     mean, std = _statistics(engine, mean, std)
+    names = engine.class_names or [f"class{i}" for i in range(engine.config.num_classes)]
     return inference_model(engine.model, np.asarray(mean, np.float64).tolist(),
-                           np.asarray(std, np.float64).tolist(), engine.config.tta)
+                           np.asarray(std, np.float64).tolist(), engine.config.tta, names)
 
 
 def save(engine, path: str, mean=None, std=None) -> None:
@@ -135,6 +154,46 @@ def save(engine, path: str, mean=None, std=None) -> None:
     calling it on pixels reproduces evaluation (`fastcifar evaluate`)."""
     with engine.evaluated_weights():
         save_model(export(engine, mean, std), path)
+
+
+def save_saved_model(engine, folder: str, mean=None, std=None) -> None:
+    """The evaluated model as a TensorFlow SavedModel in `folder` (which must not exist):
+    endpoint `serve` (float32 pixels [N, 32, 32, 3] -> logits) and the variable
+    `class_names`. Written beside `folder` under a temporary name, then renamed."""
+    import os
+    import shutil
+    import tempfile
+
+    folder = os.path.abspath(folder)
+    check_new_folder(folder, "--saved-model")
+    parent = os.path.dirname(folder)
+    tmp = tempfile.mkdtemp(prefix=".saved-model-", dir=parent)
+    try:
+        with engine.evaluated_weights():
+            model = export(engine, mean, std)
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serve", model.call, input_signature=[
+                tf.TensorSpec([None, 32, 32, 3], tf.float32, name="pixels")])
+            names = model.get_layer("class_names").names
+            archive.add_variable_collection("class_names", [tf.Variable(names, name="names")])
+            archive.write_out(tmp, verbose=False)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_new_folder(folder: str, flag: str) -> None:
+    """An output folder that must be new (or empty): refused in one line otherwise."""
+    import os
+
+    if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
+        raise ConfigError(f"{flag} {folder} already exists; remove it or choose a new folder")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {folder}: cannot write in {parent}; choose a folder "
+                          f"whose parent exists and is writable")
 
 
 def save_model(model: keras.Model, path: str) -> None:

@@ -31,16 +31,38 @@ class Trainer(Engine):
     `builder(precision)` returns a model from 32x32x3 images to logits (or a built model,
     on one device)."""
 
-    def fit(self, ds: Dataset, epochs: Optional[float] = None, quiet: bool = True,
-            on_epoch: Optional[Callable[[dict], None]] = None, monitor=None,
-            on_progress: Optional[Callable[[], None]] = None) -> FitResult:
-        """Train and evaluate; see `fastcifar.loop.fit` for the clock and the callbacks."""
-        return loop.fit(self, ds, epochs, quiet, on_epoch, monitor, on_progress)
+    def fit(self, data, validation_data=None, epochs: Optional[float] = None,
+            quiet: bool = True, on_epoch: Optional[Callable[[dict], None]] = None,
+            monitor=None, on_progress: Optional[Callable[[], None]] = None,
+            callbacks=None) -> FitResult:
+        """Train and evaluate; see `fastcifar.loop.fit` for the clock.
 
-    def evaluate(self, ds: Dataset) -> dict:
-        """Test loss and accuracy over every test image exactly once."""
+        `data`: a `Dataset` (`fastcifar.load_data`), or the training images as `(x, y)`
+        numpy arrays or a `tf.data.Dataset` of (image, label) with the test images in
+        `validation_data` (or `data=((x_train, y_train), (x_test, y_test))`): checked up
+        front, materialised once on the device. `callbacks`: Keras callbacks, run at
+        epoch boundaries (never inside the compiled call), with the epoch's numbers in
+        `logs` under Keras' names too."""
+        ds = self._dataset(data, validation_data)
+        return loop.fit(self, ds, epochs, quiet, on_epoch, monitor, on_progress, callbacks)
+
+    def evaluate(self, data, validation_data=None) -> dict:
+        """Test loss and accuracy over every test image exactly once (`data` as `fit`
+        takes it: the training images give the normalisation statistics)."""
+        ds = self._dataset(data, validation_data)
         self.compile(len(ds.x_train), len(ds.x_test))
         return self.evaluate_prepared(self.prepare(ds))
+
+    def _dataset(self, data, validation_data) -> Dataset:
+        from .data import as_dataset
+        from .errors import ConfigError
+
+        ds = as_dataset(data, validation_data)
+        if ds.num_classes > self.config.num_classes:
+            raise ConfigError(f"the data has {ds.num_classes} classes, the net "
+                              f"{self.config.num_classes} outputs: build the trainer with "
+                              f"recipe(..., num_classes={ds.num_classes})")
+        return ds
 
     def whitening_sample(self, n_train: int, n_images: int = 10000):
         """Indices of the training images the whitening is fitted on (`whitening`)."""
@@ -70,3 +92,10 @@ class Trainer(Engine):
     def save(self, path: str, mean=None, std=None) -> None:
         """The evaluated model as a `.keras` file that `fastcifar evaluate` reproduces."""
         serving.save(self, path, mean, std)
+
+    def save_saved_model(self, folder: str, mean=None, std=None) -> None:
+        """The evaluated model as a TensorFlow SavedModel (TF Serving, TFLite, any TF
+        runtime): `tf.saved_model.load(folder).serve(pixels)` gives the logits the
+        `.keras` file gives (float32 pixels 0-255 in, normalisation, averaged weights and
+        test-time views inside); `.class_names` holds the class names."""
+        serving.save_saved_model(self, folder, mean, std)

@@ -14,12 +14,20 @@ from typing import Iterable, Iterator, List, Optional
 from .errors import UserError
 
 
+# set by the command line when the user stops it (Ctrl-C, SIGTERM): no output is written
+# after that, even where the interrupt itself was swallowed (raised inside a garbage
+# collector callback, which Python reports and ignores)
+STOP_REQUESTED: list = []
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
     """A temporary name beside `path` (ending in `suffix`, for writers that insist on an
     extension) to write to; renamed over `path` when the block ends without error, removed
     otherwise, so a reader never sees half a file. The file gets the permissions a plain
     `open()` would give it (umask applied)."""
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt("stopped: nothing more is written")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastcifar-", suffix=suffix, dir=folder)
     os.close(fd)
@@ -28,6 +36,8 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        if STOP_REQUESTED:
+            raise KeyboardInterrupt("stopped: nothing more is written")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -153,3 +163,18 @@ def peak_rss_bytes(pid="self") -> Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def process_age_seconds() -> Optional[float]:
+    """Seconds since this process started (Linux: /proc/self/stat field 22, in clock
+    ticks since boot, against /proc/uptime), or None elsewhere: the cold wall time a user
+    waits, interpreter and imports included."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 overall
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started)
+    except (OSError, ValueError, IndexError):
+        return None

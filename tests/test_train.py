@@ -225,12 +225,13 @@ def test_learnable_synthetic_trains_well_above_chance(precision, xla):
     assert res.images_per_sec > 0 and res.compile_seconds > 0
 
 
-@pytest.mark.parametrize("precision,tol", [("float32", 1e-4), ("mixed_float16", 1e-2)])
+@pytest.mark.parametrize("precision,tol", [("float32", 1e-3), ("mixed_float16", 1e-2)])
 def test_xla_steps_compute_what_the_uncompiled_steps_do(data, precision, tol):
     """XLA on the CPU takes ~1.3 s a step at width 4 (oneDNN ~0.05 s): instead of
     training to an accuracy, compiled steps must give the losses uncompiled steps give
     from the same start: the first 4 within rounding (float16 rounds differently in XLA's
-    fusions), the next 4 within 5% (seen: 0.12% in float32, 2.2% in float16, as
+    fusions; float32 seen up to 1.7e-4 relative, on an AMD EPYC whose oneDNN kernels round
+    differently from XLA's), the next 4 within 5% (seen: 0.12% in float32, 2.2% in float16, as
     rounding differences grow through BatchNorm and max-pools)."""
     losses = {}
     for xla in (False, True):

@@ -180,7 +180,8 @@ def test_your_own_model_from_the_command_line(tmp_path):
               "64", "--epochs", "1", "--quiet", "--json", str(tmp_path / "r.json"), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "r.json").read_text())["config"]["net"] == "mynets:small"
-    bad = run("train", "--net", "mynets:missing", "--data", "learnable:256", env=env)
+    bad = run("train", "--net", "mynets:missing", "--data", "learnable:256", "--batch-size",
+              "64", env=env)
     assert bad.returncode == 2 and "has no function 'missing'" in bad.stderr
 
 
@@ -382,7 +383,7 @@ def test_top_ops_reads_a_trace_it_did_not_write(tmp_path):
 
 # --- the CI recipe -----------------------------------------------------------------------
 
-def test_the_ci_workflow_commands_gate_two_real_results(tmp_path):
+def test_the_ci_workflow_commands_gate_an_interleaved_ab_run(tmp_path):
     import yaml
 
     workflow = yaml.safe_load((ROOT / "examples" / "benchmark-gate.yml").read_text())
@@ -393,34 +394,33 @@ def test_the_ci_workflow_commands_gate_two_real_results(tmp_path):
         ["bench", "step"] + steps["benchmark"]["env"]["BENCH_ARGS"].split())
     assert args.width == 32 and args.reps == 7  # the workflow's own arguments parse
     bench_lines = [line for line in steps["benchmark"]["run"].splitlines()
-                   if "fastcifar bench step" in line]  # base, then candidate
-    assert len(bench_lines) == 2
+                   if "fastcifar bench step" in line]
+    assert len(bench_lines) == 1 and "--baseline ../base/.venv/bin/python" in bench_lines[0]
     gate = steps["gate"]["run"]
     workspace, base = tmp_path / "ws", tmp_path / "base"
-    for folder in (workspace, base):  # each checkout's installed command
-        shim = folder / ".venv" / "bin" / "fastcifar"
-        shim.parent.mkdir(parents=True)
-        shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m fastcifar.cli \"$@\"\n")
-        shim.chmod(0o755)
+    shims = {workspace / ".venv" / "bin" / "fastcifar":
+             f"exec {sys.executable} -m fastcifar.cli \"$@\"",
+             base / ".venv" / "bin" / "python": f"exec {sys.executable} \"$@\""}
+    for path, body in shims.items():  # each checkout's installed command / interpreter
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", GITHUB_WORKSPACE=str(workspace),
-               BENCH_ARGS="--width 4 --batch-size 32 --steps 2 --reps 3 --data synthetic:256")
+               AB_ROUNDS="2",
+               BENCH_ARGS="--width 4 --batch-size 32 --steps 1 --reps 2 --data synthetic:256")
     bench = subprocess.run(["bash", "-ec", "\n".join(bench_lines)], cwd=workspace, env=env,
                            capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr[-3000:]
-    base_result = json.loads((workspace / "base.json").read_text())
-    candidate = json.loads((workspace / "candidate.json").read_text())
-    assert base_result["metrics"]["images_per_sec"] > 0  # two real runs, two results
-    assert candidate["metrics"]["step_ms"] != base_result["metrics"]["step_ms"]
-    (workspace / "candidate.json").write_text(json.dumps(base_result))
+    ab = json.loads((workspace / "ab.json").read_text())
+    assert ab["ab"]["rounds"] == 2 and ab["ab"]["baseline_python"].endswith("base/.venv/bin/python")
     same = subprocess.run(["bash", "-ec", gate], cwd=workspace, env=env, capture_output=True,
                           text=True, timeout=300)
     assert same.returncode == 0, same.stdout + same.stderr
-    candidate = json.loads(json.dumps(base_result))
-    m = candidate["metrics"]  # now a candidate at half the speed, outside the noise
-    m["images_per_sec"] /= 2
-    m["images_per_sec_spread"] = {k: v / 2 for k, v in m["images_per_sec_spread"].items()}
-    m["step_ms"] = {k: v * 2 for k, v in m["step_ms"].items()}
-    (workspace / "candidate.json").write_text(json.dumps(candidate))
+    assert "too few rounds" in same.stdout  # 2 rounds can show nothing, and says so
+    # five recorded rounds, the candidate at half the speed: the gate fails the job
+    ab["ab"]["baseline"]["step_ms_rounds"] = [30.1, 29.8, 30.4, 30.0, 29.9]
+    ab["ab"]["candidate"]["step_ms_rounds"] = [60.3, 59.7, 60.9, 60.1, 59.6]
+    (workspace / "ab.json").write_text(json.dumps(ab))
     slow = subprocess.run(["bash", "-ec", gate], cwd=workspace, env=env, capture_output=True,
                           text=True, timeout=300)
     assert slow.returncode == 1 and "REGRESSION" in slow.stdout, slow.stdout + slow.stderr
