@@ -481,6 +481,15 @@ def _on_signal(signum, frame):
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """A Ctrl-C that lands inside a callback Python cannot raise from (a garbage-collection
+    hook) is "ignored" with a traceback; the stop is already recorded in STOP_REQUESTED and
+    acted on, so only that traceback is dropped."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, _Terminated)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"fastcifar: warning: {message}\n"
 
@@ -498,11 +507,13 @@ def main(argv=None) -> int:
     _signals_seen.clear()
     STOP_REQUESTED.clear()
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     try:
         return _main(argv)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = previous_hook
         STOP_REQUESTED.clear()
 
 

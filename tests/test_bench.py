@@ -477,3 +477,27 @@ def test_what_auto_resolved_differently_is_shown_and_timed_not_refused(step_resu
     code = cli.main(["compare", str(d / "a.json"), str(other), "--max-regression", "99%"])
     out = capsys.readouterr().out
     assert code == 0 and "auto resolved differently" in out and "conv_grad" in out, out
+
+
+def test_a_ctrl_c_swallowed_by_a_gc_callback_prints_no_traceback(capsys, monkeypatch):
+    """Python cannot raise out of a garbage-collection hook or a finaliser, so a Ctrl-C
+    landing there is 'ignored' with a traceback; the stop is recorded anyway, so the CLI
+    drops that print (and only that one)."""
+    import gc
+
+    from fastcifar import cli
+
+    class RaisesWhenCollected:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    monkeypatch.setattr(sys, "unraisablehook", cli._quiet_unraisable)
+    RaisesWhenCollected(KeyboardInterrupt())
+    gc.collect()
+    assert capsys.readouterr().err == ""
+    RaisesWhenCollected(ValueError("a real problem"))
+    gc.collect()
+    assert "a real problem" in capsys.readouterr().err
