@@ -202,6 +202,12 @@ class TrainConfig(_Settings):
                               "copied in at the end")
     tta: str = setting("none", "test-time augmentation: the image; + its mirror; + both "
                        "shifted one pixel each way", choices=("none", "flip", "flip_translate"))
+    tta_fraction: float = setting(1.0, "test-time views only for this fraction of each "
+                                  "evaluation batch: the images the plain view is least "
+                                  "sure of (lowest top softmax probability); the rest keep "
+                                  "their plain logits (1 = every image)", low=0,
+                                  low_open=True, high=1,
+                                  hint="(cifar10-speedrun's selective TTA: 0.15-0.25)")
     activation: str = setting("relu", "activation after every BatchNorm",
                               choices=("relu", "celu", "gelu", "silu"))
     frozen_bn_scale: bool = setting(False, "BatchNorm scale fixed at 1")

@@ -4,6 +4,7 @@ the test-time views, with the weights evaluation uses (the moving average under 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import tensorflow as tf
 
@@ -37,10 +38,33 @@ def eval_shard(engine, x, y, w, mean, std, n_batches):
 
 def tta_logits(engine, x):
     """Logits averaged over the test-time views (`augment.tta_views`) with airbench's
-    weights (`augment.TTA_WEIGHTS`)."""
-    views = augment.tta_views(x, engine.config.tta)
-    weights = augment.TTA_WEIGHTS[engine.config.tta]
-    return tf.add_n([w * engine.model(v, training=False) for w, v in zip(weights, views)])
+    weights (`augment.TTA_WEIGHTS`); with `tta_fraction` < 1, only for the least confident
+    part of the batch (`least_confident`), the rest keeping their plain logits."""
+    mode, fraction = engine.config.tta, engine.config.tta_fraction
+    model = lambda v: engine.model(v, training=False)
+    if mode == "none" or fraction >= 1:
+        return views_mean(model, x, mode)
+    plain = model(x)
+    chosen = least_confident(plain, fraction)
+    viewed = views_mean(model, tf.gather(x, chosen), mode)
+    return tf.tensor_scatter_nd_update(plain, chosen[:, None], tf.cast(viewed, plain.dtype))
+
+
+def views_mean(model, x, mode: str):
+    views = augment.tta_views(x, mode)
+    weights = augment.TTA_WEIGHTS[mode]
+    return tf.add_n([w * model(v) for w, v in zip(weights, views)])
+
+
+def least_confident(logits, fraction: float):
+    """Indices of the ceil(fraction x batch) rows whose top softmax probability is lowest:
+    where the test-time views can still change the answer (cifar10-speedrun spends them
+    only there). Selected within the batch, so a prediction depends on its batch."""
+    n = logits.shape[0] if logits.shape[0] is not None else tf.shape(logits)[0]
+    k = (math.ceil(fraction * n) if isinstance(n, int)
+         else tf.cast(tf.math.ceil(fraction * tf.cast(n, tf.float32)), tf.int32))
+    confidence = tf.reduce_max(tf.nn.softmax(tf.cast(logits, tf.float32)), axis=-1)
+    return tf.math.top_k(-confidence, k=k, sorted=False).indices
 
 
 def evaluate(engine, data) -> dict:

@@ -69,17 +69,28 @@ class MeanOverViews(layers.Layer):
     """[V*B, K] logits -> [B, K]: the weighted mean over the V views of each image
     (`augment.TTA_WEIGHTS`; equal weights when none are given)."""
 
-    def __init__(self, views=1, weights=None, **kwargs):
+    def __init__(self, views=1, weights=None, fraction=1.0, **kwargs):
         super().__init__(**kwargs)
         self.views = int(views)
         self.view_weights = [float(w) for w in (weights or [1.0 / self.views] * self.views)]
+        self.fraction = float(fraction)
 
     def call(self, logits):
         stacked = tf.reshape(logits, [self.views, -1, logits.shape[-1]])
-        return tf.tensordot(tf.constant(self.view_weights, stacked.dtype), stacked, axes=1)
+        mean = tf.tensordot(tf.constant(self.view_weights, stacked.dtype), stacked, axes=1)
+        if self.fraction >= 1 or self.views == 1:
+            return mean
+        # selective TTA (`tta_fraction`): the mean only where the plain view (the first) is
+        # least sure; every view is computed here, so serving pays for all of them
+        from .evaluation import least_confident
+
+        chosen = least_confident(stacked[0], self.fraction)
+        return tf.tensor_scatter_nd_update(stacked[0], chosen[:, None],
+                                           tf.gather(mean, chosen))
 
     def get_config(self):
-        return {**super().get_config(), "views": self.views, "weights": self.view_weights}
+        return {**super().get_config(), "views": self.views, "weights": self.view_weights,
+                "fraction": self.fraction}
 
 
 @keras.saving.register_keras_serializable(package="fastcifar")
@@ -99,7 +110,7 @@ class ClassNames(layers.Layer):
 
 
 def inference_model(network: keras.Model, mean, std, tta: str = "none",
-                    class_names=()) -> keras.Model:
+                    class_names=(), tta_fraction: float = 1.0) -> keras.Model:
     """Pixels (0-255) -> logits exactly as evaluation computes them: the training set's
     statistics, then the mean logits over the test-time views. Saved, it loads in Keras'
     safe mode after `import fastcifar.serving`."""
@@ -108,7 +119,7 @@ def inference_model(network: keras.Model, mean, std, tta: str = "none",
     image = keras.Input((32, 32, 3), name="pixels")
     x = Standardize(mean, std, name="standardize")(image)
     x = TestTimeViews(tta, name="test_time_views")(x)
-    logits = MeanOverViews(len(TTA_WEIGHTS[tta]), TTA_WEIGHTS[tta],
+    logits = MeanOverViews(len(TTA_WEIGHTS[tta]), TTA_WEIGHTS[tta], tta_fraction,
                            name="mean_over_views")(network(x))
     logits = ClassNames(class_names, name="class_names")(logits)
     return keras.Model(image, logits, name=f"{network.name}_inference")
@@ -145,7 +156,8 @@ def export(engine, mean=None, std=None) -> keras.Model:
     mean, std = _statistics(engine, mean, std)
     names = engine.class_names or [f"class{i}" for i in range(engine.config.num_classes)]
     return inference_model(engine.model, np.asarray(mean, np.float64).tolist(),
-                           np.asarray(std, np.float64).tolist(), engine.config.tta, names)
+                           np.asarray(std, np.float64).tolist(), engine.config.tta, names,
+                           engine.config.tta_fraction)
 
 
 def save(engine, path: str, mean=None, std=None) -> None:

@@ -336,6 +336,46 @@ def test_tta_prediction_is_the_weighted_mean_of_the_views(f32, data, mode):
     assert np.abs(single - want).max() > 1e-4  # the views do change the prediction
 
 
+def test_least_confident_picks_the_lowest_top_probabilities():
+    from fastcifar.evaluation import least_confident
+
+    # top softmax probabilities by hand: row 0 ~1.0, row 1 1/3 (uniform), row 2 e/(e+2)
+    # = 0.58, row 3 e^4/(e^4+2) = 0.96, row 4 1/2 (two tied classes)
+    logits = tf.constant([[9.0, 0, 0], [1, 1, 1], [1, 0, 0], [4, 0, 0], [2, 2, -30]])
+    assert sorted(least_confident(logits, 0.4).numpy()) == [1, 4]  # ceil(0.4 x 5) = 2
+    assert sorted(least_confident(logits, 0.5).numpy()) == [1, 2, 4]  # ceil(2.5) = 3
+    assert sorted(least_confident(logits, 0.01).numpy()) == [1]
+    # the batch size known only when run (a served model)
+    dynamic = tf.function(lambda z: least_confident(z, 0.4),
+                          input_signature=[tf.TensorSpec([None, 3])])
+    assert sorted(dynamic(logits).numpy()) == [1, 4]
+
+
+def test_selective_tta_views_only_the_least_confident_images(f32, data):
+    tr, dd = f32
+    x = tr.normalise(tf.constant(data.x_test[:8]), dd.mean, dd.std).numpy()
+    f = lambda v: tr.model(v, training=False).numpy()
+    plain = f(x)
+    full = 0.5 * (plain + f(x[:, :, ::-1]))
+    p = np.exp(plain - plain.max(1, keepdims=True))
+    top = (p / p.sum(1, keepdims=True)).max(1)
+    chosen = np.argsort(top)[:2]  # 0.25 x 8 images, the lowest top probabilities
+    want = plain.copy()
+    want[chosen] = full[chosen]
+    sel = make_trainer(tta="flip", tta_fraction=0.25)
+    sel.model.set_weights(tr.model.get_weights())
+    got = sel.tta_logits(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(plain[chosen] - full[chosen]).max() > 1e-4  # the views changed those
+    # the served model computes the same (it views every image, then keeps the chosen)
+    from fastcifar.serving import inference_model
+
+    served = inference_model(sel.model, dd.mean.numpy(), dd.std.numpy(), "flip",
+                             tta_fraction=0.25)
+    np.testing.assert_allclose(served(data.x_test[:8].astype(np.float32)).numpy(), want,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_xla_that_cannot_compile_falls_back_under_auto_and_fails_when_asked_for(
         data, monkeypatch, capsys):
     """As TF 2.21 with some cuDNN 9 versions does on GPUs: XLA's conv autotuner finds no
