@@ -14,6 +14,8 @@ Two clocks, both stated:
 
     python benchmarks/record_compare.py run --data cifar10-jpeg/ --torch-python venv/bin/python \\
         --budgets 2,4 --seeds 0,1,2 --out record/          # ~2 h on a 2-core CPU
+    python benchmarks/record_compare.py run ... --budgets 8 --seeds 0 --sides fast,orig \
+        --out record/                                      # the full budget, one seed each
     python benchmarks/record_compare.py table record/       # the tables again
 
 `fast` may train fewer epochs than the original's budget: `--fast-epochs 2:1.5,4:3/3.5` says
@@ -81,6 +83,7 @@ def run(args) -> None:
                     "--seeds", str(seed), "--json",
                     os.path.join(args.out, f"orig_e{budget}_s{seed}.json")]),
             ]
+            jobs = [(n, c) for n, c in jobs if n.split("_")[0].split("-")[0] in args.sides.split(",")]
             for name, cmd in jobs:
                 rc, wall = timed(cmd, os.path.join(args.out, name + ".log"))
                 with open(os.path.join(args.out, "walls.txt"), "a") as f:
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
     r.add_argument("--budgets", default="2,4")
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--fast-epochs", default="", help="e.g. 2:1.5,4:3")
+    r.add_argument("--sides", default="fast,fcmuon,orig",
+                   help="which of fast, fcmuon (airbench94_muon), orig to run")
     r.add_argument("--out", required=True)
     t = sub.add_parser("table")
     t.add_argument("folder")
