@@ -3,8 +3,8 @@
     python benchmarks/xla_step.py DIR [--backend gpu] [--calls 20] [--warmup 3] [--json out.json]
 
 No TensorFlow here: the HLO module is converted to StableHLO by jaxlib
-(`xla_client._xla.mlir.hlo_to_stablehlo`, a private API: tried with jaxlib 0.10.2 and
-0.11.2), compiled by the backend's PJRT client and executed; each call's outputs are fed
+(`xla_client._xla.mlir.hlo_to_stablehlo`, a private API: tried with jaxlib 0.10.2),
+compiled by the backend's PJRT client and executed; each call's outputs are fed
 back as the next call's inputs (the manifest says which output updates which parameter).
 Inputs come from the export's `inputs.npz`, or, without it (or with `--random`), from the
 manifest's shapes and a seed: the data as random images and labels, each variable as its
@@ -44,7 +44,7 @@ def load_jax(needs_x64: bool):
     convert = getattr(getattr(xla_client._xla, "mlir", None), "hlo_to_stablehlo", None)
     if convert is None:
         fail(f"this jaxlib ({jax.__version__}) has no xla_client._xla.mlir.hlo_to_stablehlo, "
-             f"which converts the exported module; use jaxlib 0.10.2 or 0.11.2")
+             f"which converts the exported module; use jaxlib 0.10.2, the version tried")
     if needs_x64:
         jax.config.update("jax_enable_x64", True)  # the step counters are int64
     return jax, xla_client, convert

@@ -49,9 +49,11 @@ class BiasLearningRate(Technique):
 
 
 class WhiteningBiasFreeze(Technique):
-    """From epoch `epochs` on, the whitening bias does not move at all (as a PyTorch
-    parameter with requires_grad off): no gradient, no decay, and its momentum emptied,
-    so no step is taken from what it held."""
+    """From step ceil(`epochs` x steps per epoch) on, the whitening bias does not move at
+    all (as a PyTorch parameter with requires_grad off): no gradient, no decay, and its
+    momentum emptied, so no step is taken from what it held. For whole epochs that is
+    airbench94's `epoch < whiten_bias_epochs`; a fraction (the descendants' 0.19) ends
+    part way through the epoch instead of being rounded up to the whole first epoch."""
 
     name = "whitening_bias_freeze"
 
@@ -59,8 +61,8 @@ class WhiteningBiasFreeze(Technique):
         self.engine, self.bias, self.epochs = engine, bias, epochs
 
     def gradients(self, grads, variables):
-        epoch = self.engine.step // self.engine.epoch_steps
-        training = tf.cast(tf.cast(epoch, tf.float32) < self.epochs, tf.float32)
+        end = tf.math.ceil(self.epochs * tf.cast(self.engine.epoch_steps, tf.float32))
+        training = tf.cast(tf.cast(self.engine.step, tf.float32) < end, tf.float32)
         velocity = self.engine.inner_optimizer().velocity(self.bias)
         velocity.assign(velocity * tf.cast(training, velocity.dtype))
         return [g * tf.cast(training, g.dtype) if v is self.bias else g

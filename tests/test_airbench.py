@@ -160,6 +160,21 @@ def test_the_whitening_bias_trains_for_3_epochs_then_never_moves(data):
     np.testing.assert_array_equal(seen[4], seen[5])
 
 
+def test_a_fractional_whitening_bias_budget_ends_part_way_through_the_epoch(data):
+    # 0.3 x 8 steps per epoch = 2.4 -> the bias takes steps 0, 1, 2 and none after
+    tr = make(epochs=2, lookahead=False, whiten_bias_epochs=0.3)
+    dd = tr.prepare(data)
+    tr.fit_whitening(dd)
+    seen = [tr.whiten_bias.numpy().copy()]
+    for _ in range(8):
+        tr.train_steps(dd, 1)
+        seen.append(tr.whiten_bias.numpy().copy())
+    for step in range(3):
+        assert not np.array_equal(seen[step], seen[step + 1]), step  # it trains
+    for step in range(3, 8):
+        np.testing.assert_array_equal(seen[step], seen[step + 1])  # frozen, exactly
+
+
 def test_a_fractional_budget_ends_part_way_through_the_last_epoch(data):
     tr = make(epochs=1.5)
     res = tr.fit(data)

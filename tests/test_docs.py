@@ -116,3 +116,24 @@ def test_a_broken_link_is_found(tmp_path):
     problems = broken_links([str(tmp_path / "a.md")])
     assert len(problems) == 3, problems
     assert "missing.md" in problems[0] and "#nope" in problems[1] and "#not-a-heading" in problems[2]
+
+
+@pytest.mark.parametrize("page", [README, os.path.join(ROOT, "docs", "recipes.md")])
+def test_the_recipe_tables_say_what_each_recipe_is(page):
+    """Each recipe of the registry has a row, and its epochs, batch and target columns are
+    the registry's: a recipe changed in config.py fails here until the tables follow."""
+    from fastcifar.config import RECIPES
+
+    rows = {}
+    for line in open(page, encoding="utf-8"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.match(r"`(\w+)`", cells[0]) if len(cells) == 6 else None
+        if m:
+            rows[m.group(1)] = cells
+    assert set(rows) == set(RECIPES), f"{page}: rows {sorted(rows)} vs {sorted(RECIPES)}"
+    for name, spec in RECIPES.items():
+        _, _, _, epochs, batch, target = rows[name]
+        assert epochs == f"{spec['epochs']:g}", (name, epochs)
+        assert batch == str(spec["batch_size"]), (name, batch)
+        want = "none" if spec.get("target", 0.94) is None else f"{100 * spec['target']:g}%"
+        assert target.startswith(want), (name, target)

@@ -99,6 +99,11 @@ def test_one_float32_step_through_jax_equals_tensorflows(tmp_path, data, name, e
             moved += not np.array_equal(starts[f"p{o['updates']}"], want)
     assert close >= 0.85 * len(weights), (close, len(weights))
     assert moved > 10  # the step moved the weights it compares
+    # the runner's second call starts from the first call's outputs, fed back by the
+    # manifest's map: its loss is TensorFlow's second step (a wrong map gives another loss)
+    second = float(tr.train_steps(dd, 1)[0].numpy())
+    assert abs(got["last_call_loss"] - second) / second < 2e-3, (got["last_call_loss"],
+                                                                  second, loss)
 
 
 @needs_jax

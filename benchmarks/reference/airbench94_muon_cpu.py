@@ -23,6 +23,10 @@
 #      fits its whitening on the first 5,000 training images of torchvision's (mixed) order.
 #   6. the epoch budget (--epochs, default 8 as published) and the seeds (--seeds) are
 #      arguments; each run prints one JSON line; torch.manual_seed(seed) before each run.
+#   7. output: JSON lines per epoch and per run (and --json FILE with every run) instead of
+#      print_training_details' table, and no logs/<uuid>/log.pt written at the end.
+#   8. torchvision's T.Normalize is written out as `normalize` (the same arithmetic), so
+#      the virtualenv needs no torchvision.
 #
 # Original licence:
 # Copyright (c) 2024 Keller Jordan
