@@ -153,21 +153,26 @@ def test_labels_beyond_the_nets_outputs_are_one_clear_error():
 # --- SavedModel ------------------------------------------------------------------------------
 
 def test_the_saved_model_reloaded_in_a_fresh_process_gives_the_reported_accuracy(tmp_path):
+    # davidnet_tricks: the averaged (EMA) weights and 6 test-time views are what it serves
     out = run("train", "--data", "learnable:512", "--width", "8", "--batch-size", "64",
-              "--epochs", "2", "--recipe", "airbench94", "--quiet",
-              "--json", str(tmp_path / "r.json"), "--saved-model", str(tmp_path / "served"))
+              "--epochs", "2", "--recipe", "davidnet_tricks", "--quiet",
+              "--json", str(tmp_path / "r.json"), "--saved-model", str(tmp_path / "served"),
+              "--save", str(tmp_path / "m.keras"))
     assert out.returncode == 0, out.stderr[-2000:]
     reported = json.loads((tmp_path / "r.json").read_text())["metrics"]["final_test_acc"]
     script = (
-        "import json, sys, numpy as np, tensorflow as tf\n"
+        "import json, sys, numpy as np, tensorflow as tf, keras, fastcifar.serving\n"
         "from fastcifar.data import load\n"
         "ds = load('learnable:512')\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
         "logits = m.serve(tf.constant(ds.x_test, tf.float32)).numpy()\n"
         "names = [n.decode() for n in m.class_names[0].numpy()]\n"
+        "k = keras.models.load_model(sys.argv[2])(ds.x_test.astype('float32')).numpy()\n"
         "print(json.dumps({'acc': float((logits.argmax(-1) == ds.y_test).mean()),\n"
-        "                  'shape': list(logits.shape), 'names': names}))\n")
-    fresh = subprocess.run([sys.executable, "-c", script, str(tmp_path / "served")],
+        "                  'shape': list(logits.shape), 'names': names,\n"
+        "                  'vs_keras': float(np.abs(logits - k).max() / np.abs(k).max())}))\n")
+    fresh = subprocess.run([sys.executable, "-c", script, str(tmp_path / "served"),
+                            str(tmp_path / "m.keras")],
                            capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert fresh.returncode == 0, fresh.stderr[-2000:]
@@ -175,6 +180,7 @@ def test_the_saved_model_reloaded_in_a_fresh_process_gives_the_reported_accuracy
     assert got["shape"] == [102, 10]
     assert abs(got["acc"] - reported) <= 1 / 102, (got, reported)  # one image at most
     assert got["names"][:2] == ["airplane", "automobile"]
+    assert got["vs_keras"] < 1e-5, got  # the same served function as the .keras file
 
 
 def test_an_existing_saved_model_folder_is_refused_before_training(tmp_path):

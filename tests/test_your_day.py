@@ -379,6 +379,12 @@ def test_top_ops_reads_a_trace_it_did_not_write(tmp_path):
             ("XlaFusion", "elementwise", 0.0625, 0.03125)]  # a kernel XLA generated
     assert top["groups"] == {"convolution forward": 0.75, "data/augmentation": 0.25,
                              "BatchNorm": 0.125, "elementwise": 0.0625}
+    from fastcifar.profiling import top_ops_table
+
+    said = "\n".join(top_ops_table(top))
+    assert "XlaFusion: elementwise kernels XLA compiled" in said  # why, under "XLA off"
+    top["top_ops"] = top["top_ops"][:3]
+    assert "XlaFusion:" not in "\n".join(top_ops_table(top))  # said only when one is shown
 
 
 # --- the CI recipe -----------------------------------------------------------------------
