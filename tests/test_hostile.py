@@ -743,6 +743,18 @@ def test_a_diverged_accuracy_benchmark_writes_its_failed_result(tmp_path, capsys
     assert "diverged" in r["error"] and r["metrics"] == {}
 
 
+def test_a_diverged_ablation_writes_its_failed_result(tmp_path, capsys):
+    from fastcifar import cli
+
+    code = cli.main(["bench", "ablate", *TINY, "--recipe", "tutorial", "--lr-peak", "1e6",
+                     "--json", str(tmp_path / "a.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "training diverged" in err and len(err.splitlines()) == 1, err
+    r = json.loads((tmp_path / "a.json").read_text())
+    assert r["status"] == "failed" and r["benchmark"] == "ablate"
+    assert "diverged" in r["error"]
+
+
 # --- 8. a budget of less than one step is refused ------------------------------------------
 
 def test_a_run_of_less_than_one_step_is_refused(tmp_path, capsys):
@@ -939,6 +951,27 @@ def test_target_auto_is_the_recipes_on_cifar10_and_none_on_other_data(tmp_path, 
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["config"]["target"] is None
     assert "no target" in out and "94.00%" not in out  # not measured against CIFAR-10's
+
+
+def test_target_auto_on_official_cifar10_is_the_recipes(tmp_path, monkeypatch):
+    """The other half: data named `cifar10` (only the official archive's digest earns the
+    name, tested with the archive readers) keeps the recipe's published target."""
+    import dataclasses
+
+    from fastcifar import cli
+
+    real = data.load
+    monkeypatch.setattr(data, "load", lambda spec="cifar10", quiet=True: dataclasses.replace(
+        real("learnable:512"), name="cifar10") if spec == "cifar10" else real(spec, quiet))
+    args = [a for a in TINY if a != "learnable:512"]
+    args[args.index("--data") + 1:args.index("--data") + 1] = ["cifar10"]
+    for recipe_name, want in (("tutorial", 0.93), ("davidnet", 0.94)):
+        out = tmp_path / f"{recipe_name}.json"
+        assert cli.main(["train", *args, "--recipe", recipe_name, "--target", "auto",
+                         "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["dataset"]["name"] == "cifar10"
+        assert result["config"]["target"] == want
 
 
 def test_generated_data_is_not_measured_against_a_cifar10_target(tmp_path, capsys):
