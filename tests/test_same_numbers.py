@@ -73,3 +73,9 @@ def test_four_steps_compute_what_they_computed_before(data, variant):
     assert squares == pytest.approx(want[1], rel=1e-2)
     assert test_loss == pytest.approx(want[2], rel=5e-2)
     assert lr == pytest.approx(want[3], rel=1e-6)
+
+
+def test_every_recipe_has_recorded_numbers():
+    from fastcifar.config import RECIPES
+
+    assert set(RECIPES) <= set(RECORDED), sorted(set(RECIPES) - set(RECORDED))
