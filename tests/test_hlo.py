@@ -174,3 +174,16 @@ def test_export_step_from_the_command_line_and_its_refusals(tmp_path):
                              capture_output=True, text=True, env=env, timeout=600)
         assert bad.returncode == 2 and needle in bad.stderr, bad.stderr[-2000:]
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(__import__("fastcifar.config", fromlist=["RECIPES"])
+                                        .RECIPES))
+def test_every_recipe_exports_as_a_gpu_run_builds_it(tmp_path, data, name):
+    """float16 with loss scaling: each recipe's call (Muon, EMA, lookahead, whitening,
+    the airbench94_muon head) becomes one HLO module whose outputs update its inputs."""
+    _, _, manifest = _export(tmp_path, data, name, "mixed_float16", 1)
+    assert manifest["config"]["recipe"] == name and manifest["steps_per_call"] == 1
+    outs, params = manifest["outputs"], manifest["parameters"]
+    assert len(outs) > 10 and all(params[o["updates"]]["shape"] == o["shape"]
+                                  for o in outs[2:])
+    assert (tmp_path / "step.hlo.pb").stat().st_size > 1000
