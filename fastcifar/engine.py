@@ -35,7 +35,7 @@ from .usernet import network_for
 from .optim import l2_penalty, make_optimizer, schedule_factor
 from .runtime import ResolvedRuntime, apply_determinism, resolve
 from .serving import standardize
-from .techniques import techniques_for
+from .techniques import steps_of, techniques_for
 
 
 class Engine:
@@ -175,8 +175,7 @@ class Engine:
         """airbench94_muon's whitening bias (`whiten_bias_linear`): the peak rate, falling
         linearly to 0 at step ceil(whiten_bias_epochs x steps per epoch), off the recipe's
         schedule (its bias_lr_scale is applied to the gradient, as for the other biases)."""
-        end = tf.math.ceil(self.config.whiten_bias_epochs
-                           * tf.cast(self.epoch_steps, tf.float32))
+        end = tf.cast(steps_of(self.config.whiten_bias_epochs, self.epoch_steps), tf.float32)
         left = tf.maximum(1.0 - tf.cast(self.step, tf.float32) / end, 0.0)
         return left * self.rate_per_summed_loss()
 

@@ -18,6 +18,14 @@ def _named(prefix: str, source) -> str:
     return f"{prefix}/{getattr(source, 'path', None) or source.name.split(':')[0]}"
 
 
+def steps_of(epochs, epoch_steps):
+    """ceil(epochs x steps per epoch) as a float64 tensor, rounded to 6 decimals first as
+    `Engine.total_steps_for` rounds: in float32, 0.3 x 50 is 15.000001, whose ceiling
+    would be one step too many."""
+    x = tf.cast(epochs, tf.float64) * tf.cast(epoch_steps, tf.float64)
+    return tf.math.ceil(tf.round(x * 1e6) / 1e6)
+
+
 class Technique:
     """Does nothing; a technique overrides what it changes."""
 
@@ -61,8 +69,8 @@ class WhiteningBiasFreeze(Technique):
         self.engine, self.bias, self.epochs = engine, bias, epochs
 
     def gradients(self, grads, variables):
-        end = tf.math.ceil(self.epochs * tf.cast(self.engine.epoch_steps, tf.float32))
-        training = tf.cast(tf.cast(self.engine.step, tf.float32) < end, tf.float32)
+        end = steps_of(self.epochs, self.engine.epoch_steps)
+        training = tf.cast(tf.cast(self.engine.step, tf.float64) < end, tf.float32)
         velocity = self.engine.inner_optimizer().velocity(self.bias)
         velocity.assign(velocity * tf.cast(training, velocity.dtype))
         return [g * tf.cast(training, g.dtype) if v is self.bias else g

@@ -175,6 +175,16 @@ def test_a_fractional_whitening_bias_budget_ends_part_way_through_the_epoch(data
         np.testing.assert_array_equal(seen[step], seen[step + 1])  # frozen, exactly
 
 
+def test_the_end_step_of_a_fractional_budget_is_rounded_as_the_run_is():
+    from fastcifar.techniques import steps_of
+
+    # by hand: 0.3 x 50 = 15 and 0.6 x 25 = 15 exactly (float32 gives 15.000001 -> 16);
+    # 0.19 x 97 = 18.43 -> 19; 3 x 97 = 291
+    for epochs, per_epoch, want in ((0.3, 50, 15), (0.6, 25, 15), (0.19, 97, 19),
+                                    (3, 97, 291), (0.3, 8, 3)):
+        assert float(steps_of(epochs, tf.constant(per_epoch, tf.int64))) == want
+
+
 def test_a_fractional_budget_ends_part_way_through_the_last_epoch(data):
     tr = make(epochs=1.5)
     res = tr.fit(data)

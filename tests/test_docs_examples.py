@@ -44,14 +44,16 @@ def shrunk(monkeypatch, tmp_path):
 
     def keras_cifar10():
         ds = real_load(SMALL)  # the official arrays' format: uint8 images, (N, 1) labels
-        return ((ds.x_train, ds.y_train.reshape(-1, 1)),
-                (ds.x_test, ds.y_test.reshape(-1, 1)))
+        return ((ds.x_train, ds.y_train.reshape(-1, 1).astype(np.uint8)),
+                (ds.x_test, ds.y_test.reshape(-1, 1).astype(np.uint8)))
 
     import keras
 
-    monkeypatch.setattr(fastcifar, "recipe", recipe, raising=False)
-    monkeypatch.setattr(fastcifar, "load_data", load_data, raising=False)
-    monkeypatch.setattr(fastcifar, "run_training", run_training, raising=False)
+    # the names the page imports exist in the package; only their values are swapped
+    assert {"recipe", "load_data", "run_training", "Trainer"} <= set(fastcifar.__all__)
+    monkeypatch.setattr(fastcifar, "recipe", recipe)
+    monkeypatch.setattr(fastcifar, "load_data", load_data)
+    monkeypatch.setattr(fastcifar, "run_training", run_training)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", keras_cifar10)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -157,9 +157,10 @@ def test_the_saved_model_reloaded_in_a_fresh_process_gives_the_reported_accuracy
     out = run("train", "--data", "learnable:512", "--width", "8", "--batch-size", "64",
               "--epochs", "2", "--recipe", "davidnet_tricks", "--quiet",
               "--json", str(tmp_path / "r.json"), "--saved-model", str(tmp_path / "served"),
-              "--save", str(tmp_path / "m.keras"))
+              "--save", str(tmp_path / "m.keras"), "--precision", "float32")
     assert out.returncode == 0, out.stderr[-2000:]
-    reported = json.loads((tmp_path / "r.json").read_text())["metrics"]["final_test_acc"]
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    reported = metrics["final_test_acc"]
     script = (
         "import json, sys, numpy as np, tensorflow as tf, keras, fastcifar.serving\n"
         "from fastcifar.data import load\n"
@@ -168,7 +169,10 @@ def test_the_saved_model_reloaded_in_a_fresh_process_gives_the_reported_accuracy
         "logits = m.serve(tf.constant(ds.x_test, tf.float32)).numpy()\n"
         "names = [n.decode() for n in m.class_names[0].numpy()]\n"
         "k = keras.models.load_model(sys.argv[2])(ds.x_test.astype('float32')).numpy()\n"
+        "p = tf.nn.log_softmax(tf.constant(logits, tf.float64)).numpy()\n"
+        "loss = float(-p[np.arange(len(p)), ds.y_test].mean())\n"
         "print(json.dumps({'acc': float((logits.argmax(-1) == ds.y_test).mean()),\n"
+        "                  'loss': loss,\n"
         "                  'shape': list(logits.shape), 'names': names,\n"
         "                  'vs_keras': float(np.abs(logits - k).max() / np.abs(k).max())}))\n")
     fresh = subprocess.run([sys.executable, "-c", script, str(tmp_path / "served"),
@@ -181,6 +185,8 @@ def test_the_saved_model_reloaded_in_a_fresh_process_gives_the_reported_accuracy
     assert abs(got["acc"] - reported) <= 1 / 102, (got, reported)  # one image at most
     assert got["names"][:2] == ["airplane", "automobile"]
     assert got["vs_keras"] < 1e-5, got  # the same served function as the .keras file
+    # the evaluated (averaged) weights: the served loss is the one the run reported
+    assert got["loss"] == pytest.approx(metrics["final_test_loss"], rel=1e-3), got
 
 
 def test_an_existing_saved_model_folder_is_refused_before_training(tmp_path):
@@ -207,7 +213,7 @@ def test_a_20_class_folder_trains_a_20_way_head_and_keeps_its_names(tmp_path):
                 (d / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
     out = run("train", "--data", str(tmp_path / "tree"), "--width", "4", "--batch-size", "40",
               "--epochs", "1", "--quiet", "--json", str(tmp_path / "r.json"),
-              "--save", str(tmp_path / "m.keras"))
+              "--save", str(tmp_path / "m.keras"), "--precision", "float32")
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["config"]["num_classes"] == 20 and r["dataset"]["classes"] == classes
