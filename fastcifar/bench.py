@@ -380,7 +380,8 @@ def median_time_to_target(times: list) -> Optional[float]:
 
 def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = "cifar10",
                        budget_epochs: Optional[int] = None, seeds: int = 1,
-                       quiet: bool = True, say=_quiet, variants=()) -> dict:
+                       quiet: bool = True, say=_quiet, variants=(),
+                       switch_off: bool = True) -> dict:
     """The recipe, then once per technique switched off, then once per set of changed
     values in `variants` (`--set`): same seeds, same epoch budget (unless a variant
     changes `epochs`: its own budget)."""
@@ -392,7 +393,7 @@ def ablation_benchmark(config: TrainConfig, runtime: RuntimeConfig, data: str = 
     ds = data_mod.load(data, quiet=quiet)
     config = _with_classes_of(config, ds)
     techniques = {name: off for name, off in FAST_TECHNIQUES.items()
-                  if config.replace(**off) != config}  # only what the recipe switched on
+                  if switch_off and config.replace(**off) != config}  # what it switched on
     rows_wanted = {"all techniques": {},
                    **{f"without {k}": v for k, v in techniques.items()},
                    **{"with " + ", ".join(f"{k}={v}" for k, v in changes.items()): changes

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="FIELD=VALUE[,FIELD=VALUE]", help="one more row with these "
                         "values changed (repeatable), e.g. --set batch_size=1536,epochs=7.59 "
                         "--set label_smoothing=0.09")
+    ablate.add_argument("--only-set", action="store_true", help="no row per technique "
+                        "switched off: the recipe and the --set rows only")
     _add_settings(ablate)
     evaluate = command(sub, "evaluate", cmd_evaluate, "evaluate a saved model as training "
                        "did (its normalisation and test-time views)", "cifar10", quiet=False)
@@ -383,7 +385,8 @@ def cmd_bench_ablate(args) -> int:
     for changes in variants:
         cfg.replace(**changes)  # each row's values checked before any work
     result = ablation_benchmark(cfg, runtime, args.data, args.budget_epochs, args.seeds,
-                                quiet=args.quiet, say=say, variants=variants)
+                                quiet=args.quiet, say=say, variants=variants,
+                                switch_off=not args.only_set)
     _write(args, result)
     print("\n" + "\n".join(ablation_table(result)))
     return 0
