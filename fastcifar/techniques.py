@@ -22,7 +22,7 @@ def steps_of(epochs, epoch_steps):
     """ceil(epochs x steps per epoch) as a float64 tensor, rounded to 6 decimals first as
     `Engine.total_steps_for` rounds: in float32, 0.3 x 50 is 15.000001, whose ceiling
     would be one step too many."""
-    x = tf.cast(epochs, tf.float64) * tf.cast(epoch_steps, tf.float64)
+    x = tf.convert_to_tensor(epochs, tf.float64) * tf.cast(epoch_steps, tf.float64)
     return tf.math.ceil(tf.round(x * 1e6) / 1e6)
 
 

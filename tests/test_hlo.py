@@ -186,11 +186,15 @@ def test_every_recipe_exports_as_a_gpu_run_builds_it(tmp_path, data, name):
     tr, _, manifest = _export(tmp_path, data, name, "mixed_float16", 1)
     assert manifest["config"]["recipe"] == name and manifest["steps_per_call"] == 1
     params = manifest["parameters"]
-    # what the call does not update: the data, and the epoch's and run's step counts
-    assert {params[i]["name"].split(":")[0] for i in manifest["not_updated"]} == {
-        "x_train", "y_train", "mean", "std", "epoch_steps", "total_steps"}, name
+    # what the call does not update: the data, the epoch's and run's step counts, and
+    # frozen weights where no lookahead pulls them (airbench94_muon's whitening kernel)
+    fixed = {params[i]["name"].split(":")[0] for i in manifest["not_updated"]}
+    data_and_counts = {"x_train", "y_train", "mean", "std", "epoch_steps", "total_steps"}
+    frozen = {w.path for w in tr.model.weights if not w.trainable
+              and "moving" not in w.path}
+    assert data_and_counts <= fixed and fixed - data_and_counts <= frozen, (name, fixed)
     updated = {params[o["updates"]]["name"].split("/")[0] for o in manifest["outputs"][2:]}
     assert ("ema" in updated) == (tr.config.ema > 0), name
     assert ("lookahead" in updated) == tr.config.lookahead, name
-    assert len(manifest["outputs"]) - 2 == len(params) - 6
+    assert len(manifest["outputs"]) - 2 == len(params) - len(fixed)
     assert (tmp_path / "step.hlo.pb").stat().st_size > 1000
