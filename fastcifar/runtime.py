@@ -1,8 +1,9 @@
 """Runtime choices kept apart from the model: device, precision, XLA, determinism.
 
 `auto` picks what was measured fastest: on NVIDIA GPUs with compute capability >= 7.0,
-mixed_float16 + XLA; on CPUs, mixed_bfloat16 when the CPU has native bf16 (AVX512_BF16 or
-AMX) and float32 otherwise, with XLA off (slower than oneDNN on CPUs: see the README).
+mixed_float16 + XLA; on CPUs, mixed_bfloat16 where oneDNN's bf16 convolutions are fast
+(AMX_BF16, or AVX512_BF16 on AMD) and float32 otherwise, with XLA off (slower than oneDNN
+on CPUs: see the README).
 """
 
 from __future__ import annotations
@@ -59,8 +60,20 @@ def cpu_devices() -> int:
     return len(tf.config.get_logical_device_configuration(cpu) or [None])
 
 
-def cpu_has_bf16() -> bool:
-    return bool(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16"})
+def cpu_precision(info: dict) -> tuple:
+    """`auto`'s precision on a CPU and why, from its vendor and flags. bf16 pays only where
+    oneDNN has a fast bf16 convolution. Measured (docs/how-it-is-fast.md): an Intel Xeon
+    with AMX_BF16 and an AMD EPYC with AVX512_BF16 run mixed_bfloat16 faster than float32,
+    an Intel Xeon with AVX512_BF16 but no AMX at 0.66x float32's speed."""
+    flags = info["flags"]
+    if "amx_bf16" in flags:
+        return "mixed_bfloat16", "CPU with AMX_BF16 -> mixed_bfloat16"
+    if "avx512_bf16" in flags and info.get("vendor") == "AuthenticAMD":
+        return "mixed_bfloat16", "AMD CPU with AVX512_BF16 -> mixed_bfloat16"
+    if "avx512_bf16" in flags:
+        return "float32", ("CPU with AVX512_BF16 but no AMX -> float32 (bf16 convolutions "
+                           "measured slower than float32 on such an Intel Xeon)")
+    return "float32", "CPU without native bf16 -> float32"
 
 
 def gpu_compute_capability(device) -> tuple:
@@ -105,12 +118,9 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
                               + (f" to /CPU:{cpus - 1}" if cpus > 1 else "")
                               + "; the CPU's cores all serve /CPU:0")
         name = cpu_info()["model"]
-        bf16 = cpu_has_bf16()
-        auto_precision = "mixed_bfloat16" if bf16 else "float32"
+        auto_precision, why = cpu_precision(cpu_info())
         auto_xla = False
-        why = ("CPU " + ("with native bf16 (AVX512_BF16/AMX) -> mixed_bfloat16" if bf16
-                         else "without native bf16 -> float32")
-               + "; XLA off (slower than oneDNN on CPU)")
+        why += "; XLA off (slower than oneDNN on CPU)"
         device, kind = f"/CPU:{idx}", "CPU"
     precision = auto_precision if config.precision == "auto" else config.precision
     xla = auto_xla if config.xla is None else bool(config.xla)
@@ -148,6 +158,8 @@ def environment() -> dict:
         "numpy": __import__("numpy").__version__,
         "platform": platform.platform(),
         "cpu_model": cpu_info()["model"],
+        "cpu_vendor": cpu_info()["vendor"],
+        "cpu_bf16_flags": sorted(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16", "amx_tile"}),
         "cpu_count": os.cpu_count(),
         "tf_build": {k: build.get(k) for k in ("is_cuda_build", "cuda_version", "cudnn_version")},
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),

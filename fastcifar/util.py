@@ -134,23 +134,26 @@ def physical_memory_bytes() -> Optional[int]:
         return None
 
 
-def cpu_info() -> dict:
-    """The CPU's model name and feature flags, from /proc/cpuinfo where there is one."""
-    model, flags = None, set()
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The CPU's model name, vendor and feature flags, from /proc/cpuinfo where there is one."""
+    model, vendor, flags = None, None, set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
                 if key == "model name" and model is None:
                     model = value.strip()
+                elif key == "vendor_id" and vendor is None:
+                    vendor = value.strip()
                 elif key == "flags" and not flags:
                     flags = set(value.split())
-                if model is not None and flags:
+                if model is not None and vendor is not None and flags:
                     break
     except OSError:
         pass
-    return {"model": model or platform.processor() or platform.machine(), "flags": flags}
+    return {"model": model or platform.processor() or platform.machine(),
+            "vendor": vendor or "", "flags": flags}
 
 
 def peak_rss_bytes(pid="self") -> Optional[int]:
