@@ -146,9 +146,24 @@ def paired_ratio(a: dict, b: dict):
     return math.exp(m), math.exp(m - h), math.exp(m + h)
 
 
+def machine(folder: str) -> str:
+    """Where fastcifar's runs were measured, from their own JSON: a figure needs its CPU."""
+    seen = set()
+    for f in sorted(glob.glob(os.path.join(folder, "*_e*_s*.json"))):
+        data = json.load(open(f))
+        if isinstance(data, dict):
+            env, rt = data.get("environment", {}), data.get("runtime", {})
+            seen.add(f"{env.get('cpu_model')} ({env.get('cpu_count')} CPUs), TensorFlow "
+                     f"{env.get('tensorflow')}, {rt.get('precision')}, XLA "
+                     f"{'on' if rt.get('xla') else 'off'}, fastcifar at "
+                     f"{str(env.get('git_commit'))[:7]}")
+    return "; ".join(sorted(seen)) or "unknown (no fastcifar run in this folder)"
+
+
 def table(folder: str) -> str:
     runs = read(folder)
-    lines = ["| budget | run | epochs | accuracy % per seed | mean ± std | vs original, pp "
+    lines = [f"Machine: {machine(folder)}", "",
+             "| budget | run | epochs | accuracy % per seed | mean ± std | vs original, pp "
              "(95% interval) | rule s per seed | mean | vs original (95% interval) | cold "
              "wall s, mean | vs original |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
