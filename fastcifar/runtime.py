@@ -117,8 +117,9 @@ def resolve(config: RuntimeConfig) -> ResolvedRuntime:
                               f"device(s) for TensorFlow, /CPU:0"
                               + (f" to /CPU:{cpus - 1}" if cpus > 1 else "")
                               + "; the CPU's cores all serve /CPU:0")
-        name = cpu_info()["model"]
-        auto_precision, why = cpu_precision(cpu_info())
+        cpu = cpu_info()
+        name = cpu["model"]
+        auto_precision, why = cpu_precision(cpu)
         auto_xla = False
         why += "; XLA off (slower than oneDNN on CPU)"
         device, kind = f"/CPU:{idx}", "CPU"
@@ -151,15 +152,16 @@ def environment() -> dict:
     import tensorflow as tf
 
     build = dict(tf.sysconfig.get_build_info())
+    cpu = cpu_info()
     env = {
         "python": sys.version.split()[0],
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": __import__("numpy").__version__,
         "platform": platform.platform(),
-        "cpu_model": cpu_info()["model"],
-        "cpu_vendor": cpu_info()["vendor"],
-        "cpu_bf16_flags": sorted(cpu_info()["flags"] & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        "cpu_model": cpu["model"],
+        "cpu_vendor": cpu["vendor"],
+        "cpu_bf16_flags": sorted(cpu["flags"] & {"avx512_bf16", "amx_bf16", "amx_tile"}),
         "cpu_count": os.cpu_count(),
         "tf_build": {k: build.get(k) for k in ("is_cuda_build", "cuda_version", "cudnn_version")},
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
